@@ -203,6 +203,20 @@ def forward(model: nn.Module, arch: Arch, inputs: torch.Tensor) -> torch.Tensor:
     return model(input_ids=inputs, use_cache=False).logits
 
 
+def trace_output(model: nn.Module, arch: Arch) -> torch.Tensor:
+    """Output of one forward pass on a dummy input, on the model's device (``meta`` when tracing).
+
+    GPT-2 is traced with its KV cache on: without a cache, transformers checks position ids for
+    packed sequences with a data-dependent ``.item()``, which the meta device cannot answer. The
+    cache only adds concatenations with empty tensors, which the graph reduction drops.
+    """
+    device = next(model.parameters()).device
+    inputs = example_input(arch, device=device)
+    if isinstance(arch, ViTArch):
+        return model(inputs)
+    return model(input_ids=inputs, use_cache=True).logits
+
+
 def count_params(arch: Arch) -> int:
     """Number of parameters of ``arch`` (tied embeddings counted once), computed on ``meta``."""
     return sum(p.numel() for p in build_model(arch, "meta").parameters())

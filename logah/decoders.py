@@ -1,0 +1,180 @@
+"""The two decoders a GHN can use: LoGAH's low-rank one and GHN-3's tiled one.
+
+A decoder maps the GHN's embedding of one graph node (width d) to that node's parameters in
+canonical (C_out, C_in, h, w) form (see ``logah.layout``). Both take a list of ``DecodeTask``s,
+group them by shape and decode each group with batched tensor ops, so a 474-node GPT-2-L graph
+costs a handful of kernel calls, not hundreds.
+
+Low-rank (LoGAH, arXiv 2405.16287 §3.1, App. B). Our factorisation, and how it differs from the
+paper's code:
+
+    P      = MLP(h)                    d → 4d → 8d → 2r², ReLU between layers
+    P      = ReLU(P.view(2r, r))       split into P_A = P[:r], P_B = P[r:]   (each r × r)
+    Aᵀ     = P_A · U[:m]ᵀ + u[:m]      U (K × r), u (K) is one shared Linear(r → K): (r × m)
+    B      = P_B · U[:n]ᵀ + u[:n]      (r × n)
+    W      = A · B                     (m × n) with m = C_out·h, n = C_in·w; rank(W) ≤ r
+
+The paper re-views the (2r × K) output as (2K × r) before splitting, which interleaves rows of
+the two halves; we split first and transpose, which keeps A's and B's entries as outputs of one
+row each and lets us compute only the m + n columns a tensor needs instead of all K.
+
+Tensors wider than K (GPT-2's 50257-row embeddings with K = 32768, or any width above K): rows
+(or columns) i ≥ K use the basis row (U[a] + U[b]) / √2, where (a, b) is a fixed pair drawn once
+from a seeded generator. No row is a copy of another (unlike GHN-3 and the anchor LoGAH code,
+which tile the matrix with period ``max_shape``), the rank bound still holds, and the extra rows
+cost no parameters.
+
+Tiled (GHN-3): Linear(d → 4d·s·s) + ReLU, per-pixel Linear(4d → 8d) + ReLU + Linear(8d → t·t),
+giving a (t × t × s × s) chunk with t = ``tile`` (GHN-3's ``max_shape``, = d in its presets).
+A target is cut from the chunk's centre pixel (2-D weights) or centre crop (convolutions), and
+where it is larger than t in a channel dimension the chunk is *repeated* (the behaviour LoGAH
+removes, kept here as the ablation baseline). 1-D tensors come from an MLP d → 2d → 2t (norm
+weight and bias, or a bias), also repeated. The classifier (the graph's output node) maps the
+chunk's output axis through Linear(t → num_classes), as GHN-3 does. Only the spatial positions a
+target needs are computed, so a ViT costs one pixel per linear layer rather than s².
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class DecodeTask:
+    """One node to decode: its row in the embedding matrix and the canonical shape wanted."""
+
+    row: int
+    shape: tuple[int, int, int, int]
+    is_vector: bool = False        # 1-D parameters (bias, or a norm's weight+bias)
+    is_norm: bool = False          # a LayerNorm node: first half weight, second half bias
+    is_output: bool = False        # the classifier / LM head (tiled decoder's class head)
+    scale: float = 1.0             # multiplies the result; folded into a small factor, not the tensor
+
+
+def _mlp(sizes: list[int]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+def _group(tasks: list[DecodeTask], key) -> dict:
+    groups: dict = {}
+    for i, task in enumerate(tasks):
+        groups.setdefault(key(task), []).append(i)
+    return groups
+
+
+class LowRankDecoder(nn.Module):
+    """LoGAH's decoder: every predicted matrix is A·B with inner dimension ``rank``."""
+
+    def __init__(self, hidden: int, rank: int, max_width: int):
+        super().__init__()
+        self.rank, self.max_width = rank, max_width
+        self.mlp = _mlp([hidden, 4 * hidden, 8 * hidden, 2 * rank * rank])
+        self.basis = nn.Linear(rank, max_width)   # U, u: rows of A and columns of B
+        self._pairs: dict[int, torch.Tensor] = {}
+
+    def _basis(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(n × r) weight and (n) bias of the first n basis rows, extended past K by fixed pairs."""
+        weight, bias = self.basis.weight, self.basis.bias
+        if n <= self.max_width:
+            return weight[:n], bias[:n]
+        if n not in self._pairs:
+            gen = torch.Generator().manual_seed(n)
+            self._pairs[n] = torch.randint(0, self.max_width, (2, n - self.max_width), generator=gen)
+        a, b = self._pairs[n].to(weight.device)
+        extra_w = (weight[a] + weight[b]) / math.sqrt(2)
+        extra_b = (bias[a] + bias[b]) / math.sqrt(2)
+        return torch.cat([weight, extra_w]), torch.cat([bias, extra_b])
+
+    def forward(self, embeddings: torch.Tensor, tasks: list[DecodeTask]) -> list[torch.Tensor]:
+        r = self.rank
+        factors = F.relu(self.mlp(embeddings).view(-1, 2, r, r))      # (V, 2, r, r)
+        out: list[torch.Tensor | None] = [None] * len(tasks)
+        for (c_out, c_in, h, w), idx in _group(tasks, lambda t: t.shape).items():
+            rows, cols = c_out * h, c_in * w
+            f = factors[[tasks[i].row for i in idx]]                  # (G, 2, r, r)
+            wa, ba = self._basis(rows)
+            wb, bb = self._basis(cols)
+            scales = torch.tensor([tasks[i].scale for i in idx], device=f.device)
+            a_t = (f[:, 0] @ wa.t() + ba) * scales[:, None, None]      # (G, r, rows)
+            b = f[:, 1] @ wb.t() + bb                                  # (G, r, cols)
+            mats = a_t.transpose(1, 2) @ b                             # (G, rows, cols)
+            mats = mats.view(-1, c_out, h, c_in, w).permute(0, 1, 3, 2, 4)
+            for j, i in enumerate(idx):
+                out[i] = mats[j]
+        return out  # type: ignore[return-value]
+
+
+class TiledDecoder(nn.Module):
+    """GHN-3's decoder: a fixed (tile × tile × s × s) chunk, sliced or repeated to each tensor."""
+
+    def __init__(self, hidden: int, tile: int, spatial: int, num_classes: int):
+        super().__init__()
+        self.tile, self.spatial, self.num_classes = tile, spatial, num_classes
+        self.fc = nn.Linear(hidden, 4 * hidden * spatial * spatial)
+        self.pixel_mlp = _mlp([4 * hidden, 8 * hidden, tile * tile])
+        self.vector_mlp = _mlp([hidden, 2 * hidden, 2 * tile])
+        self.class_head = nn.Linear(tile, num_classes)
+        self.class_bias = nn.Sequential(nn.ReLU(), nn.Linear(tile, num_classes))
+
+    def _pixels(self, embeddings: torch.Tensor, size: int) -> torch.Tensor:
+        """The centre ``size × size`` window of the chunk: (V, t, t, size, size)."""
+        s, h4 = self.spatial, self.fc.out_features // (self.spatial * self.spatial)
+        crop = min(size, s)
+        lo = (s - crop) // 2
+        weight = self.fc.weight.view(h4, s, s, -1)[:, lo:lo + crop, lo:lo + crop]
+        bias = self.fc.bias.view(h4, s, s)[:, lo:lo + crop, lo:lo + crop]
+        x = F.relu(torch.einsum("vd,cyxd->vyxc", embeddings, weight) + bias.permute(1, 2, 0))
+        chunk = self.pixel_mlp(x).view(*x.shape[:3], self.tile, self.tile)
+        chunk = chunk.permute(0, 3, 4, 1, 2)                            # (V, t, t, crop, crop)
+        if crop < size:  # kernels larger than the chunk: upsample, as GHN-3 does
+            v = chunk.shape[0]
+            chunk = F.interpolate(chunk.reshape(v, -1, crop, crop), size=(size, size),
+                                  mode="bilinear", align_corners=False)
+            chunk = chunk.view(v, self.tile, self.tile, size, size)
+        return chunk
+
+    @staticmethod
+    def _fit(x: torch.Tensor, sizes: tuple[int, ...]) -> torch.Tensor:
+        """Repeat ``x`` along each leading dim until it covers ``sizes``, then slice."""
+        reps = [math.ceil(n / m) for n, m in zip(sizes, x.shape)]
+        reps += [1] * (x.dim() - len(reps))
+        x = x.repeat(*reps)
+        return x[tuple(slice(0, n) for n in sizes)]
+
+    def forward(self, embeddings: torch.Tensor, tasks: list[DecodeTask]) -> list[torch.Tensor]:
+        out: list[torch.Tensor | None] = [None] * len(tasks)
+        vec_idx = [i for i, t in enumerate(tasks) if t.is_vector]
+        if vec_idx:
+            vecs = self.vector_mlp(embeddings[[tasks[i].row for i in vec_idx]]).view(-1, 2, self.tile)
+            for j, i in enumerate(vec_idx):
+                task = tasks[i]
+                if task.is_norm:
+                    c = task.shape[0] // 2
+                    value = self._fit(vecs[j], (2, c)).reshape(-1)
+                elif task.is_output:
+                    value = self._fit(self.class_bias(vecs[j, 0]), (task.shape[0],))
+                else:
+                    value = self._fit(vecs[j, 0], (task.shape[0],))
+                out[i] = value.view(task.shape)
+        mat_idx = [i for i, t in enumerate(tasks) if not t.is_vector]
+        for size, idx in _group([tasks[i] for i in mat_idx], lambda t: max(t.shape[2:])).items():
+            idx = [mat_idx[i] for i in idx]
+            chunks = self._pixels(embeddings[[tasks[i].row for i in idx]], size)
+            for j, i in enumerate(idx):
+                c_out, c_in, h, w = tasks[i].shape
+                lo_h, lo_w = (size - h) // 2, (size - w) // 2
+                chunk = chunks[j][:, :, lo_h:lo_h + h, lo_w:lo_w + w]
+                if tasks[i].is_output:
+                    chunk = self.class_head(chunk.permute(1, 2, 3, 0)).permute(3, 0, 1, 2)
+                out[i] = self._fit(chunk * tasks[i].scale, (c_out, c_in))
+        return out  # type: ignore[return-value]

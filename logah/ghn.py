@@ -1,0 +1,269 @@
+"""The graph hypernetwork: node features → Graphormer → decoder → every parameter of a target.
+
+One ``GHN`` class serves LoGAH and GHN-3; ``GHNConfig.decoder`` picks the decoder
+(``logah.decoders``), so ablations differ in that part only.
+
+    graphs = [graph_of(arch) for arch in archs]
+    params = ghn(graphs)          # list of {parameter name: tensor}, differentiable w.r.t. the GHN
+    logits = functional_call(model, params[0], (x,))
+
+Node features (GHN-3): an embedding of the op type plus a shape embedding, where the canonical
+4-D shape (C_out, C_in, h, w) is looked up entry by entry (a channel table for C_out and C_in, a
+spatial table for h and w, each d/4 wide) and the four lookups are concatenated.
+
+Backbone (Graphormer, pre-LN, MLP ratio 4, GELU, no qkv bias). The first layer adds in- and
+out-degree embeddings (real edges, clipped at 100) and an embedding of the distance from the
+input node (clipped at 1000); an additive attention bias per head is computed once from the
+forward and backward virtual-edge distances (each embedded, concatenated, MLP 2d → d → heads)
+and reused by every layer. Graphs of different sizes are padded and masked *per graph*: each
+graph's attention sees only its own nodes, and the decoder works row by row, so a network's
+prediction does not depend on the other networks in the meta-batch (the anchor code indexes
+dense embeddings with sparse offsets and gets this wrong).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from logah.decoders import DecodeTask, LowRankDecoder, TiledDecoder
+from logah.errors import LogahError
+from logah.graph import DEFAULT_EDGE_CUTOFF, PRIMITIVES, Graph
+from logah.layout import NORM, node_canonical, split_node
+from logah.postprocess import postprocess, weight_scale
+
+MAX_DEGREE = 100
+MAX_INPUT_DISTANCE = 1000
+DISTANCE_TABLE = 257         # distance embeddings cover 0..255 plus "no virtual edge"
+
+# Channel sizes the shape encoder knows; others map to the nearest entry. Covers RGB/grey inputs,
+# common class counts, every multiple of 8 up to 56, of 16 up to 4080, of 32 up to 8192, and the
+# GPT-2 / Llama vocabulary sizes.
+CHANNEL_VALUES = np.array(sorted({1, 2, 3, 10, 100, 1000, *range(8, 57, 8), *range(64, 4081, 16),
+                                  *range(4096, 8193, 32), 32000, 50257, 128256}))
+SPATIAL_VALUES = 32          # spatial sizes 1..32 (larger map to 32)
+
+
+@dataclass(frozen=True, kw_only=True)
+class GHNConfig:
+    """Everything needed to rebuild a GHN; stored as JSON beside its weights."""
+
+    decoder: Literal["low-rank", "tiled"] = "low-rank"
+    hidden: int = 64                 # d: width of node embeddings
+    layers: int = 3                  # L: Graphormer layers
+    heads: int = 8                   # H: attention heads
+    rank: int = 32                   # r: low-rank decoder rank
+    max_width: int = 2048 * 16       # K: low-rank rows/columns predicted without reuse
+    tile: int = 0                    # tiled decoder chunk width (GHN-3 max_shape); 0 means = hidden
+    spatial: int = 16                # tiled decoder chunk spatial size s
+    num_classes: int = 1000          # tiled decoder class head
+    edge_cutoff: int = DEFAULT_EDGE_CUTOFF   # virtual-edge cutoff of the graphs it reads
+    weight_beta: float = 2.0         # fan-in scaling of predicted weights
+
+    def validate(self) -> None:
+        if self.decoder not in ("low-rank", "tiled"):
+            raise LogahError(f"GHN decoder must be 'low-rank' or 'tiled', got {self.decoder!r}")
+        for name in ("hidden", "layers", "heads", "rank", "max_width", "spatial", "num_classes",
+                     "edge_cutoff"):
+            if getattr(self, name) <= 0:
+                raise LogahError(f"GHN {name} must be positive, got {getattr(self, name)}")
+        if self.hidden % self.heads:
+            raise LogahError(f"GHN heads={self.heads} does not divide hidden={self.hidden}")
+        if self.hidden % 4:
+            raise LogahError(f"GHN hidden={self.hidden} must be divisible by 4 (shape encoder)")
+        if self.edge_cutoff >= DISTANCE_TABLE - 1:
+            raise LogahError(f"GHN edge_cutoff must be below {DISTANCE_TABLE - 1}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, record: dict) -> "GHNConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(record) - known)
+        if unknown:
+            raise LogahError(f"GHN config: unknown fields {unknown}")
+        config = cls(**record)
+        config.validate()
+        return config
+
+
+class ShapeEncoder(nn.Module):
+    """Embeds a canonical shape (C_out, C_in, h, w): two channel lookups + two spatial lookups."""
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.register_buffer("channel_values", torch.from_numpy(CHANNEL_VALUES), persistent=False)
+        self.channels = nn.Embedding(len(CHANNEL_VALUES) + 1, hidden // 4)   # last row: no shape
+        self.spatial = nn.Embedding(SPATIAL_VALUES + 1, hidden // 4)         # row 0: no shape
+
+    def forward(self, shapes: torch.Tensor) -> torch.Tensor:
+        values = self.channel_values
+        ch = shapes[..., :2]
+        pos = torch.searchsorted(values, ch.clamp(min=1)).clamp(max=len(values) - 1)
+        lower = (pos - 1).clamp(min=0)
+        nearer_lower = (ch - values[lower]).abs() < (values[pos] - ch).abs()
+        ch_idx = torch.where(nearer_lower, lower, pos)
+        ch_idx = torch.where(ch > 0, ch_idx, torch.full_like(ch_idx, len(values)))
+        sp_idx = shapes[..., 2:].clamp(0, SPATIAL_VALUES)
+        return torch.cat([self.channels(ch_idx[..., 0]), self.channels(ch_idx[..., 1]),
+                          self.spatial(sp_idx[..., 0]), self.spatial(sp_idx[..., 1])], dim=-1)
+
+
+class GraphormerLayer(nn.Module):
+    """Pre-LN transformer layer over the nodes of each graph, with an additive attention bias."""
+
+    def __init__(self, hidden: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.ln1 = nn.LayerNorm(hidden)
+        self.qkv = nn.Linear(hidden, 3 * hidden, bias=False)
+        self.proj = nn.Linear(hidden, hidden)
+        self.ln2 = nn.LayerNorm(hidden)
+        self.mlp = nn.Sequential(nn.Linear(hidden, 4 * hidden), nn.GELU(), nn.Linear(4 * hidden, hidden))
+
+    def forward(self, x: torch.Tensor, attn_bias: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape                                               # (B, N, d)
+        q, k, v = self.qkv(self.ln1(x)).view(b, n, 3, self.heads, d // self.heads).unbind(2)
+        y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                           attn_mask=attn_bias)         # (B, H, N, d/H)
+        x = x + self.proj(y.transpose(1, 2).reshape(b, n, d))
+        return x + self.mlp(self.ln2(x))
+
+
+class GraphBatch:
+    """Padded per-graph tensors for a meta-batch; rows of ``node_rows`` index the real nodes."""
+
+    def __init__(self, graphs: list[Graph], device: torch.device):
+        n_max = max(g.num_nodes for g in graphs)
+        feats = [g.features for g in graphs]
+
+        def pad(key: str) -> torch.Tensor:
+            padded = []
+            for f in feats:
+                t, short = f[key], n_max - f[key].shape[0]
+                widths = {1: (0, short), 2: (0, 0, 0, short)}[t.dim()]
+                if key == "distances":
+                    widths = (0, short, 0, short)
+                padded.append(F.pad(t, widths))
+            return torch.stack(padded).to(device)
+
+        self.ops = pad("ops")
+        self.shapes = pad("shapes")
+        self.in_degree = pad("in_degree").clamp(max=MAX_DEGREE)
+        self.out_degree = pad("out_degree").clamp(max=MAX_DEGREE)
+        self.input_dist = pad("input_dist").clamp(max=MAX_INPUT_DISTANCE)
+        self.distances = pad("distances").clamp(max=DISTANCE_TABLE - 1)
+        counts = torch.tensor([g.num_nodes for g in graphs])
+        self.mask = (torch.arange(n_max)[None] < counts[:, None]).to(device)   # (B, N)
+        self.node_offsets = [i * n_max for i in range(len(graphs))]
+
+
+class GHN(nn.Module):
+    """A graph hypernetwork; see the module docstring."""
+
+    def __init__(self, config: GHNConfig):
+        super().__init__()
+        config.validate()
+        self.config = config
+        d = config.hidden
+        self.op_embed = nn.Embedding(len(PRIMITIVES), d)
+        self.shape_embed = ShapeEncoder(d)
+        self.in_degree = nn.Embedding(MAX_DEGREE + 1, d)
+        self.out_degree = nn.Embedding(MAX_DEGREE + 1, d)
+        self.input_dist = nn.Embedding(MAX_INPUT_DISTANCE + 1, d)
+        self.edge_embed = nn.Embedding(DISTANCE_TABLE, d)
+        self.edge_mlp = nn.Sequential(nn.Linear(2 * d, d), nn.ReLU(), nn.Linear(d, config.heads))
+        self.layers = nn.ModuleList(GraphormerLayer(d, config.heads) for _ in range(config.layers))
+        self.out_ln = nn.LayerNorm(d)
+        if config.decoder == "low-rank":
+            self.decoder: nn.Module = LowRankDecoder(d, config.rank, config.max_width)
+        else:
+            self.decoder = TiledDecoder(d, config.tile or d, config.spatial, config.num_classes)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """Embedding tables start small (std d^-1/2 as GHN-3); last decoder layers are shrunk 5×."""
+        for module in self.modules():
+            if isinstance(module, nn.Embedding):
+                nn.init.trunc_normal_(module.weight, std=self.config.hidden ** -0.5)
+        last = [m for m in self.decoder.modules() if isinstance(m, nn.Linear)][-1]
+        with torch.no_grad():
+            last.weight.div_(5)
+            last.bias.zero_()
+
+    @property
+    def device(self) -> torch.device:
+        return self.op_embed.weight.device
+
+    def embed(self, batch: GraphBatch) -> torch.Tensor:
+        """Node embeddings (B, N, d) after the Graphormer and the output LayerNorm."""
+        x = self.op_embed(batch.ops) + self.shape_embed(batch.shapes)
+        x = x + self.in_degree(batch.in_degree) + self.out_degree(batch.out_degree)
+        x = x + self.input_dist(batch.input_dist)
+        x = x * batch.mask[..., None]
+        fwd = self.edge_embed(batch.distances)                         # (B, N, N, d)
+        bwd = self.edge_embed(batch.distances.transpose(1, 2))
+        bias = self.edge_mlp(torch.cat([fwd, bwd], -1)).permute(0, 3, 1, 2)   # (B, H, N, N)
+        key_mask = torch.zeros_like(batch.mask, dtype=bias.dtype).masked_fill(~batch.mask, -math.inf)
+        bias = bias + key_mask[:, None, None, :]
+        for layer in self.layers:
+            x = layer(x, bias)
+        return self.out_ln(x)
+
+    def forward(self, graphs: list[Graph]) -> list[dict[str, torch.Tensor]]:
+        """Predicted parameters, one ``{name: tensor}`` per graph, in each tensor's stored layout."""
+        if not graphs:
+            return []
+        batch = GraphBatch(graphs, self.device)
+        with torch.autocast(self.device.type, enabled=False):
+            emb = self.embed(batch).float().reshape(-1, self.config.hidden)
+            tasks, owners = [], []
+            for i, (g, offset) in enumerate(zip(graphs, batch.node_offsets)):
+                output_nodes = _output_nodes(g)
+                for node, specs in enumerate(g.params):
+                    if specs:
+                        residual = specs[0].name.endswith(g.residual_projections or ("\0",))
+                        scale = weight_scale(specs[0], beta=self.config.weight_beta,
+                                             residual=residual, n_layer=g.n_layer)
+                        tasks.append(DecodeTask(row=offset + node, shape=node_canonical(specs),
+                                                is_vector=len(specs[0].shape) == 1,
+                                                is_norm=specs[0].kind == NORM,
+                                                is_output=node in output_nodes, scale=scale))
+                        owners.append((i, g, specs))
+            raw = self.decoder(emb, tasks)
+            results: list[dict[str, torch.Tensor]] = [{} for _ in graphs]
+            for (i, g, specs), tensor in zip(owners, raw):
+                values = split_node(specs, tensor)
+                for spec in specs:
+                    results[i][spec.name] = postprocess(
+                        spec, values[spec.name],
+                        is_norm_bias=spec.kind == NORM and spec.name.endswith(".bias"))
+        return results
+
+    def num_params(self, part: str = "all") -> int:
+        module = self.decoder if part == "decoder" else self
+        return sum(p.numel() for p in module.parameters())
+
+
+def _output_nodes(graph: Graph) -> set[int]:
+    """The classifier weight node and the bias node it feeds (GHN-3 treats both specially)."""
+    out = {graph.output_node}
+    nxt = graph.output_node + 1
+    if nxt < graph.num_nodes and graph.ops[nxt] == "bias":
+        out.add(nxt)
+    return out
+
+
+def build_ghn(config: GHNConfig, seed: int = 0) -> GHN:
+    """A freshly initialised GHN; the same seed gives the same weights on any machine."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return GHN(config)

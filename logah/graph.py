@@ -1,0 +1,285 @@
+"""Computational graphs of target networks, traced from autograd on the ``meta`` device.
+
+One forward pass of the target (built on ``meta``: no memory, no random init) is run with
+parameters that require grad, and the autograd graph behind the output is walked. The raw
+graph (hundreds of view/transpose/matmul functions) is reduced to the DeepNets-1M primitives:
+
+* a function that consumes parameters becomes a chain of *parameter nodes*, typed by the module
+  that owns each parameter (``MODULE_TYPES``): weight ``conv`` → ``bias``; a LayerNorm is one
+  ``ln`` node holding weight and bias; embeddings, ViT position embeddings and class token are
+  ``pos_enc``. Parameters reached through views, transposes, expands or dtype casts count as
+  consumed by the function that uses the view;
+* attention is ``msa`` whatever kernel autograd shows (``SoftmaxBackward0`` for eager,
+  ``SafeSoftmaxBackward0`` for the SDPA math path, the fused ``ScaledDotProduct*Attention*``
+  kernels on CPU and GPU), so the graph does not depend on which SDPA path torch takes;
+* ``AddBackward0`` becomes ``sum`` and ``CatBackward0`` ``concat`` only when at least two distinct
+  graph nodes feed them (GELU's internal adds collapse); ``Mean*`` becomes ``glob_avg``;
+* every other function is transparent: its inputs are wired to its consumers.
+
+A parameter used twice (tied embeddings) is attached to the node of its first use only; later
+uses add no node. After the reduction, edges that bypass an ``msa`` node (the value path of
+unfused attention) are removed, so fused and unfused attention give the same graph.
+``input`` is node 0 and feeds every node that has no predecessor; nodes are numbered in
+forward (topological) order.
+
+Virtual edges: ``distances[i, j]`` is the shortest-path length from i to j when it is at most
+``edge_cutoff`` (1 is a real edge), else 0. The Graphormer reads it in both directions.
+
+A parameter whose owning module is not in ``MODULE_TYPES`` raises ``LogahError`` naming the
+module and its type, rather than being silently mis-typed.
+"""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+import torch
+from scipy.sparse import csr_matrix
+from scipy.sparse.csgraph import shortest_path
+from torch import nn
+
+from logah.errors import LogahError
+from logah.layout import BIAS, EMBEDDING, NORM, WEIGHT, ParamSpec
+from logah.targets import Arch, build_model, trace_output
+
+PRIMITIVES = ("max_pool", "avg_pool", "sep_conv", "dil_conv", "conv", "msa", "cse", "sum",
+              "concat", "input", "bias", "bn", "ln", "pos_enc", "glob_avg")
+OP_INDEX = {op: i for i, op in enumerate(PRIMITIVES)}
+DEFAULT_EDGE_CUTOFF = 50
+
+# kind of each parameter of a node: drives the primitive, the layout and the post-processing.
+_KIND_TO_OP = {WEIGHT: "conv", BIAS: "bias", NORM: "ln", EMBEDDING: "pos_enc"}
+
+
+def _module_types() -> list[tuple[type, dict[str, tuple[str, bool]]]]:
+    """(module class, {parameter attribute: (kind, stored transposed)}), most specific first."""
+    from torchvision.models.vision_transformer import Encoder, VisionTransformer
+    from transformers.pytorch_utils import Conv1D
+
+    linear = {"weight": (WEIGHT, False), "bias": (BIAS, False)}
+    return [
+        (nn.Linear, linear),
+        (nn.Conv2d, linear),
+        (Conv1D, {"weight": (WEIGHT, True), "bias": (BIAS, False)}),
+        (nn.MultiheadAttention, {"in_proj_weight": (WEIGHT, False), "in_proj_bias": (BIAS, False)}),
+        (nn.LayerNorm, {"weight": (NORM, False), "bias": (NORM, False)}),
+        (nn.Embedding, {"weight": (EMBEDDING, False)}),
+        (Encoder, {"pos_embedding": (EMBEDDING, False)}),
+        (VisionTransformer, {"class_token": (EMBEDDING, False)}),
+    ]
+
+
+# Autograd functions that only re-view a tensor: a parameter seen through them is still itself.
+_VIEW_PREFIXES = ("TBackward", "ViewBackward", "UnsafeViewBackward", "ExpandBackward",
+                  "UnsqueezeBackward", "SqueezeBackward", "PermuteBackward", "TransposeBackward",
+                  "ReshapeAliasBackward", "AliasBackward", "ToCopyBackward", "CloneBackward",
+                  "SliceBackward", "SelectBackward", "SplitBackward", "SplitWithSizesBackward",
+                  "UnsafeSplitBackward", "UnbindBackward")
+
+
+def _attention_op(name: str) -> bool:
+    return "Softmax" in name or "Attention" in name
+
+
+@dataclass
+class Graph:
+    """A target network as the GHN sees it. ``params[i]`` are the tensors attached to node i."""
+
+    ops: list[str]
+    params: list[tuple[ParamSpec, ...]]
+    edges: np.ndarray                       # (E, 2) int64 real edges (src, dst)
+    distances: np.ndarray                   # (N, N) int16, see module docstring
+    output_node: int                        # the last node holding a weight (classifier / LM head)
+    residual_projections: tuple[str, ...] = ()   # name suffixes scaled by 1/sqrt(2 n_layer)
+    n_layer: int = 1
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def num_nodes(self) -> int:
+        return len(self.ops)
+
+    def op_counts(self) -> dict[str, int]:
+        return dict(collections.Counter(self.ops))
+
+    def param_names(self) -> list[str]:
+        return [p.name for ps in self.params for p in ps]
+
+    @cached_property
+    def features(self) -> dict[str, torch.Tensor]:
+        """Integer node features for the GHN (computed once per graph)."""
+        n = self.num_nodes
+        real = (self.distances == 1)
+        shapes = [ps[0].feature_shape if ps else (0, 0, 0, 0) for ps in self.params]
+        return {
+            "ops": torch.tensor([OP_INDEX[o] for o in self.ops], dtype=torch.long),
+            "shapes": torch.tensor(shapes, dtype=torch.long).reshape(n, 4),
+            "in_degree": torch.from_numpy(real.sum(0).astype(np.int64)),
+            "out_degree": torch.from_numpy(real.sum(1).astype(np.int64)),
+            "input_dist": torch.from_numpy(self.distances[0].astype(np.int64)),
+            "distances": torch.from_numpy(self.distances.astype(np.int64)),
+        }
+
+
+def build_graph(model: nn.Module, arch: Arch, edge_cutoff: int = DEFAULT_EDGE_CUTOFF) -> Graph:
+    """Trace ``model`` (ideally on ``meta``) and reduce its autograd graph; see the module docstring."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    specs = _param_specs(model)
+    with torch.enable_grad():
+        out = trace_output(model, arch)
+    if out.grad_fn is None:
+        raise LogahError("the model output does not depend on any parameter that requires grad")
+    builder = _Reducer(names, specs)
+    builder.run(out.grad_fn)
+    missing = sorted(set(specs) - builder.attached)
+    if missing:
+        raise LogahError(f"parameters not used in the forward pass, so not in the graph: {missing[:5]}")
+    edges = np.array(sorted(builder.edges), dtype=np.int64).reshape(-1, 2)
+    weight_nodes = [i for i, ps in enumerate(builder.params) if ps and ps[0].kind == WEIGHT]
+    return Graph(ops=builder.ops, params=builder.params, edges=edges,
+                 distances=_distances(len(builder.ops), edges, edge_cutoff),
+                 output_node=weight_nodes[-1] if weight_nodes else len(builder.ops) - 1,
+                 residual_projections=arch.residual_projections,
+                 n_layer=getattr(arch, "n_layer", getattr(arch, "num_layers", 1)),
+                 meta={"edge_cutoff": edge_cutoff, "family": arch.family})
+
+
+def graph_of(arch: Arch, edge_cutoff: int = DEFAULT_EDGE_CUTOFF) -> Graph:
+    """Build the target on ``meta`` and trace it: the graph of an architecture record."""
+    return build_graph(build_model(arch, "meta"), arch, edge_cutoff)
+
+
+def _param_specs(model: nn.Module) -> dict[str, ParamSpec]:
+    table = _module_types()
+    specs, seen = {}, set()
+    for mod_name, module in model.named_modules():
+        for attr, param in module.named_parameters(recurse=False):
+            if id(param) in seen:
+                continue  # tied: the tensor belongs to the module that owns it first
+            seen.add(id(param))
+            full = f"{mod_name}.{attr}" if mod_name else attr
+            rule = next((rules for cls, rules in table if isinstance(module, cls)), None)
+            if rule is None or attr not in rule:
+                raise LogahError(f"unsupported module in graph: {mod_name or '<root>'!r} of type "
+                                 f"{type(module).__module__}.{type(module).__qualname__} owns "
+                                 f"parameter {attr!r}; supported types: "
+                                 f"{', '.join(c.__name__ for c, _ in table)}")
+            kind, transposed = rule[attr]
+            specs[full] = ParamSpec(name=full, shape=tuple(param.shape), kind=kind,
+                                    transposed=transposed)
+    return specs
+
+
+class _Reducer:
+    """Walks autograd functions in forward order and emits reduced graph nodes and edges."""
+
+    def __init__(self, names: dict[int, str], specs: dict[str, ParamSpec]):
+        self.names, self.specs = names, specs
+        self.ops: list[str] = ["input"]
+        self.params: list[tuple[ParamSpec, ...]] = [()]
+        self.edges: set[tuple[int, int]] = set()
+        self.attached: set[str] = set()
+        self._param_of: dict = {}
+
+    def _param_behind(self, fn) -> str | None:
+        """Name of the parameter that ``fn`` merely views (transpose, expand, cast...), if any."""
+        if fn in self._param_of:
+            return self._param_of[fn]
+        result = None
+        if type(fn).__name__ == "AccumulateGrad":
+            result = self.names.get(id(fn.variable))
+        else:
+            inputs = [f for f, _ in fn.next_functions if f is not None]
+            if len(inputs) == 1 and type(fn).__name__.startswith(_VIEW_PREFIXES):
+                result = self._param_behind(inputs[0])
+        self._param_of[fn] = result
+        return result
+
+    def _forward_order(self, root) -> list:
+        order, seen, stack = [], set(), [(root, False)]
+        while stack:
+            fn, done = stack.pop()
+            if done:
+                order.append(fn)
+                continue
+            if fn in seen:
+                continue
+            seen.add(fn)
+            stack.append((fn, True))
+            for nxt, _ in reversed(fn.next_functions):
+                if nxt is not None and nxt not in seen:
+                    stack.append((nxt, False))
+        return order
+
+    def _new_node(self, op: str, params: tuple[ParamSpec, ...], preds: set[int]) -> int:
+        idx = len(self.ops)
+        self.ops.append(op)
+        self.params.append(params)
+        for p in preds or {0}:
+            self.edges.add((p, idx))
+        return idx
+
+    def run(self, root) -> None:
+        outputs: dict = {}   # autograd function -> set of graph nodes whose value flows out of it
+        for fn in self._forward_order(root):
+            if self._param_behind(fn) is not None:
+                continue  # a parameter (or a view of one): consumed by whoever uses it
+            data, consumed = set(), []
+            for nxt, _ in fn.next_functions:
+                if nxt is None:
+                    continue
+                name = self._param_behind(nxt)
+                if name is None:
+                    data |= outputs.get(nxt, set())
+                elif name not in self.attached:
+                    consumed.append(name)
+                    self.attached.add(name)
+            outputs[fn] = self._reduce(type(fn).__name__, data, consumed)
+        self._drop_attention_bypasses()
+
+    def _reduce(self, fn_name: str, data: set[int], consumed: list[str]) -> set[int]:
+        if consumed:
+            return {self._param_chain(data, consumed)}
+        if _attention_op(fn_name):
+            return {self._new_node("msa", (), data)}
+        if fn_name.startswith("Mean"):
+            return {self._new_node("glob_avg", (), data)}
+        if len(data) >= 2 and fn_name.startswith(("AddBackward", "CatBackward")):
+            op = "sum" if fn_name.startswith("Add") else "concat"
+            return {self._new_node(op, (), data)}
+        return data
+
+    def _param_chain(self, data: set[int], consumed: list[str]) -> int:
+        """Nodes for the parameters one function consumes: weights first, then biases."""
+        groups: dict[tuple[str, str], list[ParamSpec]] = {}
+        for name in consumed:
+            spec = self.specs[name]
+            owner = name.rsplit(".", 1)[0] if spec.kind == NORM else name
+            groups.setdefault((owner, spec.kind), []).append(spec)
+        order = sorted(groups.items(), key=lambda item: item[0][1] == BIAS)
+        preds = data
+        for (_, kind), specs in order:
+            node = self._new_node(_KIND_TO_OP[kind], tuple(specs), preds)
+            preds = {node}
+        return node
+
+    def _drop_attention_bypasses(self) -> None:
+        succ = collections.defaultdict(set)
+        pred = collections.defaultdict(set)
+        for s, d in self.edges:
+            succ[s].add(d)
+            pred[d].add(s)
+        for node, op in enumerate(self.ops):
+            if op == "msa":
+                for p in pred[node]:
+                    for s in succ[node]:
+                        self.edges.discard((p, s))
+
+
+def _distances(n: int, edges: np.ndarray, cutoff: int) -> np.ndarray:
+    adjacency = csr_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(n, n))
+    dist = shortest_path(adjacency, method="D", directed=True, unweighted=True)
+    dist[~np.isfinite(dist) | (dist > cutoff)] = 0
+    return dist.astype(np.int16)
