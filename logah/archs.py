@@ -436,7 +436,8 @@ def save_archs(path: str | Path, archs: list[Arch]) -> Path:
             import pyarrow as pa
             import pyarrow.parquet as pq
 
-            pq.write_table(pa.Table.from_pylist(records), tmp)
+            columns = list(dict.fromkeys(k for r in records for k in r))  # union over families
+            pq.write_table(pa.table({c: [r.get(c) for r in records] for c in columns}), tmp)
         elif path.suffix == ".json":
             Path(tmp).write_text(json.dumps(records, indent=0) + "\n")
         else:

@@ -1,9 +1,10 @@
 """The two decoders a GHN can use: LoGAH's low-rank one and GHN-3's tiled one.
 
 A decoder maps the GHN's embedding of one graph node (width d) to that node's parameters in
-canonical (C_out, C_in, h, w) form (see ``logah.layout``). Both take a list of ``DecodeTask``s,
-group them by shape and decode each group with batched tensor ops, so a 474-node GPT-2-L graph
-costs a handful of kernel calls, not hundreds.
+canonical (C_out, C_in, h, w) form (see ``logah.layout``), or for a task marked ``transposed``
+directly in the (C_in, C_out) layout the module stores, so no copy is needed afterwards. Both take a list of ``DecodeTask``s,
+group them by shape and compute the small factors of each group with batched tensor ops; each
+full-size tensor is then one matrix product into its own storage (so it can be saved as is).
 
 Low-rank (LoGAH, arXiv 2405.16287 §3.1, App. B). Our factorisation, and how it differs from the
 paper's code:
@@ -19,8 +20,9 @@ the two halves; we split first and transpose, which keeps A's and B's entries as
 row each and lets us compute only the m + n columns a tensor needs instead of all K.
 
 Tensors wider than K (GPT-2's 50257-row embeddings with K = 32768, or any width above K): rows
-(or columns) i ≥ K use the basis row (U[a] + U[b]) / √2, where (a, b) is a fixed pair drawn once
-from a seeded generator. No row is a copy of another (unlike GHN-3 and the anchor LoGAH code,
+(or columns) i ≥ K use the basis row (U[a] + U[b]) / √2, where (a, b) is a fixed pair of basis
+rows, distinct for every extra row (a seeded permutation, shifted by one more position for every
+further block of K). No row is a copy of another (unlike GHN-3 and the anchor LoGAH code,
 which tile the matrix with period ``max_shape``), the rank bound still holds, and the extra rows
 cost no parameters.
 
@@ -54,6 +56,7 @@ class DecodeTask:
     is_norm: bool = False          # a LayerNorm node: first half weight, second half bias
     is_output: bool = False        # the classifier / LM head (tiled decoder's class head)
     scale: float = 1.0             # multiplies the result; folded into a small factor, not the tensor
+    transposed: bool = False       # return a 2-D weight as (C_in, C_out), its stored layout (HF Conv1D)
 
 
 def _mlp(sizes: list[int]) -> nn.Sequential:
@@ -88,8 +91,11 @@ class LowRankDecoder(nn.Module):
         if n <= self.max_width:
             return weight[:n], bias[:n]
         if n not in self._pairs:
-            gen = torch.Generator().manual_seed(n)
-            self._pairs[n] = torch.randint(0, self.max_width, (2, n - self.max_width), generator=gen)
+            k = self.max_width
+            perm = torch.randperm(k, generator=torch.Generator().manual_seed(k))
+            j = torch.arange(n - k)
+            shift = 1 + j // k    # distinct unordered pairs for up to k·(k/2 - 1) extra rows
+            self._pairs[n] = torch.stack([perm[j % k], perm[(j % k + shift) % k]])
         a, b = self._pairs[n].to(weight.device)
         extra_w = (weight[a] + weight[b]) / math.sqrt(2)
         extra_b = (bias[a] + bias[b]) / math.sqrt(2)
@@ -99,7 +105,7 @@ class LowRankDecoder(nn.Module):
         r = self.rank
         factors = F.relu(self.mlp(embeddings).view(-1, 2, r, r))      # (V, 2, r, r)
         out: list[torch.Tensor | None] = [None] * len(tasks)
-        for (c_out, c_in, h, w), idx in _group(tasks, lambda t: t.shape).items():
+        for ((c_out, c_in, h, w), transposed), idx in _group(tasks, lambda t: (t.shape, t.transposed)).items():
             rows, cols = c_out * h, c_in * w
             f = factors[[tasks[i].row for i in idx]]                  # (G, 2, r, r)
             wa, ba = self._basis(rows)
@@ -107,10 +113,12 @@ class LowRankDecoder(nn.Module):
             scales = torch.tensor([tasks[i].scale for i in idx], device=f.device)
             a_t = (f[:, 0] @ wa.t() + ba) * scales[:, None, None]      # (G, r, rows)
             b = f[:, 1] @ wb.t() + bb                                  # (G, r, cols)
-            mats = a_t.transpose(1, 2) @ b                             # (G, rows, cols)
-            mats = mats.view(-1, c_out, h, c_in, w).permute(0, 1, 3, 2, 4)
-            for j, i in enumerate(idx):
-                out[i] = mats[j]
+            for j, i in enumerate(idx):   # one product per node: each tensor owns its storage
+                if transposed:            # (cols, rows): written once in the stored layout
+                    out[i] = b[j].t() @ a_t[j]
+                else:
+                    mat = a_t[j].t() @ b[j]                            # (rows, cols)
+                    out[i] = mat.view(c_out, h, c_in, w).permute(0, 2, 1, 3)
         return out  # type: ignore[return-value]
 
 
@@ -176,5 +184,6 @@ class TiledDecoder(nn.Module):
                 chunk = chunks[j][:, :, lo_h:lo_h + h, lo_w:lo_w + w]
                 if tasks[i].is_output:
                     chunk = self.class_head(chunk.permute(1, 2, 3, 0)).permute(3, 0, 1, 2)
-                out[i] = self._fit(chunk * tasks[i].scale, (c_out, c_in))
+                value = self._fit(chunk * tasks[i].scale, (c_out, c_in))
+                out[i] = value[:, :, 0, 0].t() if tasks[i].transposed else value
         return out  # type: ignore[return-value]

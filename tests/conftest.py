@@ -1,0 +1,26 @@
+"""Shared small targets and GHNs. Real torchvision / Hugging Face modules, tiny sizes."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import pytest  # noqa: E402
+
+from logah.ghn import build_ghn  # noqa: E402
+from logah.presets import get_preset  # noqa: E402
+from logah.targets import GPT2Arch, ViTArch  # noqa: E402
+
+SMALL_VIT = ViTArch(num_layers=2, hidden_dim=32, num_heads=2, mlp_dim=64, image_size=16,
+                    patch_size=4, num_classes=10)
+WIDE_VIT = ViTArch(num_layers=3, hidden_dim=48, num_heads=4, mlp_dim=96, image_size=16,
+                   patch_size=2, num_classes=10)
+SMALL_GPT = GPT2Arch(n_layer=2, n_embd=32, n_head=2, vocab_size=100, n_positions=64)
+TIED_GPT = GPT2Arch(n_layer=2, n_embd=32, n_head=2, vocab_size=100, n_positions=64,
+                    tie_word_embeddings=True)
+
+
+@pytest.fixture(params=["logah-test", "ghn3-test"])
+def ghn(request):
+    """An untrained GHN of each decoder kind, seeded."""
+    return build_ghn(get_preset(request.param), seed=0)

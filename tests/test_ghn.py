@@ -1,0 +1,124 @@
+"""The GHN: complete predictions, rank bound, tiling, batch independence, gradients."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import SMALL_GPT, SMALL_VIT, TIED_GPT, WIDE_VIT
+from logah.ghn import GHNConfig, build_ghn
+from logah.graph import graph_of
+from logah.predict import bound_forward
+from logah.presets import get_preset
+from logah.targets import GPT2Arch, build_model, example_input
+
+ARCHS = [SMALL_VIT, WIDE_VIT, SMALL_GPT, TIED_GPT]
+
+
+def numerical_rank(matrix: torch.Tensor, rtol: float = 1e-4) -> int:
+    """Singular values above rtol·σ_max (the products are float32, so exact zeros are not expected)."""
+    s = torch.linalg.svdvals(matrix.detach().double())
+    return int((s > rtol * s[0]).sum())
+
+
+@pytest.mark.parametrize("arch", ARCHS, ids=["vit", "wide-vit", "gpt2", "tied-gpt2"])
+def test_every_parameter_predicted_and_forward_finite(ghn, arch):
+    model = build_model(arch, "meta").eval()
+    params = ghn([graph_of(arch)])[0]
+    expected = dict(model.named_parameters())
+    assert params.keys() == expected.keys()
+    for name, tensor in params.items():
+        assert tensor.shape == expected[name].shape, name
+        assert tensor.device.type == "cpu" and torch.isfinite(tensor).all(), name
+    logits = bound_forward(model, params, arch, example_input(arch, "cpu", batch=2))
+    assert torch.isfinite(logits).all()
+    assert logits.std() > 0
+
+
+def test_predictions_come_from_the_ghn_not_an_init(ghn):
+    """Same GHN weights → identical tensors; another GHN seed → every tensor differs."""
+    other = build_ghn(ghn.config, seed=1)
+    a, b = ghn([graph_of(SMALL_GPT)])[0], build_ghn(ghn.config, seed=0)([graph_of(SMALL_GPT)])[0]
+    c = other([graph_of(SMALL_GPT)])[0]
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+        assert not torch.allclose(a[name], c[name]), name
+
+
+def test_postprocessing_ranges():
+    ghn = build_ghn(get_preset("logah-test"))
+    params = ghn([graph_of(SMALL_GPT)])[0]
+    ln_w, ln_b = params["transformer.h.0.ln_1.weight"], params["transformer.h.0.ln_1.bias"]
+    assert ((ln_w > 0) & (ln_w < 2)).all() and (ln_b.abs() < 1).all()
+    assert (params["transformer.h.0.attn.c_attn.bias"].abs() < 1).all()
+    assert params["transformer.wte.weight"].pow(2).mean().sqrt().item() == pytest.approx(0.02, rel=1e-3)
+
+
+def test_low_rank_weights_have_rank_at_most_r():
+    config = get_preset("logah-test")
+    ghn = build_ghn(config)
+    params = ghn([graph_of(WIDE_VIT)])[0]
+    checked = 0
+    for name, tensor in params.items():
+        if tensor.dim() == 4:   # LoGAH's matricisation of a conv: (C_out·h) × (C_in·w)
+            c_out, c_in, h, w = tensor.shape
+            tensor = tensor.permute(0, 2, 1, 3).reshape(c_out * h, c_in * w)
+        matrix = tensor.reshape(-1, tensor.shape[-1])
+        if min(matrix.shape) > config.rank:
+            assert numerical_rank(matrix) <= config.rank, name
+            checked += 1
+    assert checked >= 10
+
+
+def test_rows_beyond_max_width_are_not_copies():
+    """A vocabulary wider than K: extra rows are new combinations, never tiled copies."""
+    config = GHNConfig(decoder="low-rank", hidden=16, layers=1, heads=2, rank=4, max_width=64)
+    arch = GPT2Arch(n_layer=1, n_embd=16, n_head=2, vocab_size=200, n_positions=16)
+    wte = build_ghn(config)([graph_of(arch)])[0]["transformer.wte.weight"]
+    assert wte.shape == (200, 16)
+    rows = wte.detach().numpy()
+    assert len(np.unique(rows.round(7), axis=0)) == 200
+    assert not np.allclose(rows[64:128], rows[:64])
+    assert numerical_rank(wte) <= 4
+
+
+def test_tiled_decoder_repeats_its_chunk():
+    config = get_preset("ghn3-test")        # tile = hidden = 16
+    params = build_ghn(config)([graph_of(WIDE_VIT)])[0]
+    w = params["encoder.layers.encoder_layer_0.mlp.0.weight"]     # (96, 48)
+    assert torch.equal(w[:16, :16], w[16:32, :16]) and torch.equal(w[:16, :16], w[:16, 32:48])
+    b = params["encoder.layers.encoder_layer_0.mlp.0.bias"]
+    assert torch.equal(b[:16], b[16:32])
+    low = build_ghn(get_preset("logah-test"))([graph_of(WIDE_VIT)])[0]
+    assert not torch.allclose(low["encoder.layers.encoder_layer_0.mlp.0.weight"][:16, :16],
+                              low["encoder.layers.encoder_layer_0.mlp.0.weight"][16:32, :16])
+
+
+def test_prediction_independent_of_meta_batch(ghn):
+    alone = ghn([graph_of(SMALL_VIT)])[0]
+    batched = ghn([graph_of(SMALL_GPT), graph_of(WIDE_VIT), graph_of(SMALL_VIT)])[2]
+    reordered = ghn([graph_of(SMALL_VIT), graph_of(TIED_GPT)])[0]
+    for name in alone:
+        torch.testing.assert_close(batched[name], alone[name], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(reordered[name], alone[name], rtol=1e-5, atol=1e-6)
+
+
+def _digits(n=32, size=16):
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    x = torch.tensor(data.images[:n], dtype=torch.float32)[:, None] / 16
+    x = F.interpolate(x, size=(size, size), mode="bilinear").expand(-1, 3, -1, -1)
+    return x, torch.tensor(data.target[:n])
+
+
+def test_task_loss_gradients_reach_every_ghn_parameter(ghn):
+    x, y = _digits()
+    vit_params, gpt_params = ghn([graph_of(SMALL_VIT), graph_of(SMALL_GPT)])
+    loss = F.cross_entropy(bound_forward(build_model(SMALL_VIT), vit_params, SMALL_VIT, x), y)
+    tokens = torch.randint(0, 100, (2, 16), generator=torch.Generator().manual_seed(0))
+    logits = bound_forward(build_model(SMALL_GPT), gpt_params, SMALL_GPT, tokens)
+    loss = loss + F.cross_entropy(logits[:, :-1].reshape(-1, 100), tokens[:, 1:].reshape(-1))
+    loss.backward()
+    for name, p in ghn.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
