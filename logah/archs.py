@@ -46,7 +46,8 @@ PAPER_GPT2_HEADS: HeadsRule = ((8, (8,)), (6, (6,)), (4, (4,)))
 
 @dataclass(frozen=True, kw_only=True)
 class WidthBand:
-    """Widths ``width_min, width_min + width_step, ..., <= width_max`` for depths ``depth_min..depth_max``.
+    """Widths ``width_min, width_min + width_step, ... <= width_max`` for depths in
+    ``depth_min..depth_max``.
 
     Bands let deeper networks be narrower, which is how the paper keeps parameter counts flat.
     """
@@ -62,14 +63,17 @@ class WidthBand:
 
 
 def _band(record: WidthBand | dict | tuple | list) -> WidthBand:
-    """Accept a band as a dataclass, a dict, or ``(depth_min, depth_max, width_min, width_max, step)``."""
+    """A band as a dataclass, a dict or ``(depth_min, depth_max, width_min, width_max, step)``."""
     if isinstance(record, WidthBand):
         return record
-    if isinstance(record, dict):
-        return WidthBand(**record)
-    if isinstance(record, (tuple, list)) and len(record) == 5:
-        return WidthBand(**dict(zip(("depth_min", "depth_max", "width_min", "width_max",
-                                     "width_step"), record)))
+    try:
+        if isinstance(record, dict):
+            return WidthBand(**record)
+        if isinstance(record, (tuple, list)) and len(record) == 5:
+            return WidthBand(**dict(zip(("depth_min", "depth_max", "width_min", "width_max",
+                                         "width_step"), record)))
+    except TypeError as err:
+        raise LogahError(f"width_bands: {err}") from None
     raise LogahError(f"width_bands: each band must be a WidthBand, a dict or a 5-tuple, got {record!r}")
 
 
@@ -101,7 +105,7 @@ class _Space:
     name: str = "custom"
     depth_min: int
     depth_max: int
-    width_bands: tuple[WidthBand, ...]
+    width_bands: tuple[WidthBand, ...]  # or (depth_min, depth_max, width_min, width_max, width_step)
     heads_rule: HeadsRule
     max_params: int | None = None
     num_archs: int = 1000
@@ -127,6 +131,8 @@ class _Space:
     def validate(self) -> None:
         for field in ("depth_min", "depth_max", "num_archs"):
             _positive(self, field)
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+            raise LogahError(f"space {self.name}: seed must be a non-negative integer, got {self.seed!r}")
         if self.depth_min > self.depth_max:
             raise LogahError(f"space {self.name}: empty depth range depth_min={self.depth_min} > "
                              f"depth_max={self.depth_max}")
@@ -202,7 +208,11 @@ class ViTSpace(_Space):
     num_classes: int = 100
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "patch_sizes", tuple(int(p) for p in self.patch_sizes))
+        try:
+            object.__setattr__(self, "patch_sizes", tuple(int(p) for p in self.patch_sizes))
+        except (TypeError, ValueError):
+            raise LogahError(f"space {self.name}: patch_sizes must be integers, "
+                             f"got {self.patch_sizes!r}") from None
         super().__post_init__()
 
     def _validate_family(self) -> None:
@@ -299,9 +309,9 @@ def vits_1k() -> ViTSpace:
     384..512 (L 3); paper heads rule; MLP 4·D; 32x32 images, patch 2, 100 classes; 1.2M-9.7M
     parameters, so the paper's 10M cap never rejects anything."""
     return ViTSpace(name="vits-1k", depth_min=3, depth_max=9,
-                    width_bands=(WidthBand(depth_min=6, depth_max=9, width_min=128, width_max=256, width_step=32),
-                                 WidthBand(depth_min=4, depth_max=5, width_min=256, width_max=384, width_step=32),
-                                 WidthBand(depth_min=3, depth_max=3, width_min=384, width_max=512, width_step=32)),
+                    width_bands=((6, 9, 128, 256, 32),
+                                 (4, 5, 256, 384, 32),
+                                 (3, 3, 384, 512, 32)),
                     heads_rule=PAPER_VIT_HEADS, mlp_ratio=4.0, patch_sizes=(2,), image_size=32,
                     num_classes=100, max_params=10_000_000, num_archs=1000, seed=1)
 
@@ -311,9 +321,9 @@ def gpts_1k() -> GPT2Space:
     176..256 (L 3); 8 heads; untied 50257-token embeddings, context 1024; 7.7M-28.4M parameters
     (the paper says "within 30M")."""
     return GPT2Space(name="gpts-1k", depth_min=3, depth_max=9,
-                     width_bands=(WidthBand(depth_min=6, depth_max=9, width_min=72, width_max=176, width_step=8),
-                                  WidthBand(depth_min=4, depth_max=5, width_min=128, width_max=176, width_step=8),
-                                  WidthBand(depth_min=3, depth_max=3, width_min=176, width_max=256, width_step=8)),
+                     width_bands=((6, 9, 72, 176, 8),
+                                  (4, 5, 128, 176, 8),
+                                  (3, 3, 176, 256, 8)),
                      heads_rule=PAPER_GPT2_HEADS, vocab_size=50257, n_positions=1024,
                      tie_word_embeddings=False, max_params=30_000_000, num_archs=1000, seed=1)
 
@@ -322,8 +332,8 @@ def vits_cpu() -> ViTSpace:
     """Laptop ViTs: depth 1..4, width 32..64 (L 1-2) or 16..48 (L 3-4) step 8, 2 or 4 heads,
     32x32 images in 4x4 or 8x8 patches, 10 classes (Fashion-MNIST, digits); 12k-124k parameters."""
     return ViTSpace(name="vits-cpu", depth_min=1, depth_max=4,
-                    width_bands=(WidthBand(depth_min=1, depth_max=2, width_min=32, width_max=64, width_step=8),
-                                 WidthBand(depth_min=3, depth_max=4, width_min=16, width_max=48, width_step=8)),
+                    width_bands=((1, 2, 32, 64, 8),
+                                 (3, 4, 16, 48, 8)),
                     heads_rule=((4, (2, 4)), (2, (2,)), (1, (1,))), mlp_ratio=4.0, patch_sizes=(4, 8),
                     image_size=32, num_classes=10, max_params=200_000, num_archs=100, seed=1)
 
@@ -333,8 +343,8 @@ def gpts_cpu() -> GPT2Space:
     4096-token vocabulary (the ``get_tokenizer("bpe")`` default), context 128; 143k-633k
     parameters, dominated (as in GPTs-1K) by the embeddings."""
     return GPT2Space(name="gpts-cpu", depth_min=1, depth_max=4,
-                     width_bands=(WidthBand(depth_min=1, depth_max=2, width_min=32, width_max=64, width_step=8),
-                                  WidthBand(depth_min=3, depth_max=4, width_min=16, width_max=48, width_step=8)),
+                     width_bands=((1, 2, 32, 64, 8),
+                                  (3, 4, 16, 48, 8)),
                      heads_rule=((4, (4,)), (2, (2,)), (1, (1,))), vocab_size=4096, n_positions=128,
                      tie_word_embeddings=False, max_params=1_000_000, num_archs=100, seed=1)
 
@@ -374,7 +384,8 @@ def get_space(space: str | Space, **overrides: Any) -> Space:
     known = {f.name for f in dataclasses.fields(space)}
     unknown = sorted(set(overrides) - known)
     if unknown:
-        raise LogahError(f"space {space.name}: unknown settings {unknown}; expected some of {sorted(known)}")
+        raise LogahError(f"space {space.name}: unknown settings {unknown}; "
+                         f"expected some of {sorted(known)}")
     return dataclasses.replace(space, **overrides)
 
 
@@ -388,7 +399,8 @@ def space_from_dict(record: dict[str, Any]) -> Space:
     fields = dict(record)
     family = fields.pop("family", None)
     if family not in SPACE_CLASSES:
-        raise LogahError(f"space record: 'family' must be one of {sorted(SPACE_CLASSES)}, got {family!r}")
+        raise LogahError(f"space record: 'family' must be one of {sorted(SPACE_CLASSES)}, "
+                         f"got {family!r}")
     try:
         return SPACE_CLASSES[family](**fields)
     except TypeError as err:
@@ -406,6 +418,8 @@ def sample_archs(space: str | Space, n: int | None = None, seed: int | None = No
     space = get_space(space)
     n = space.num_archs if n is None else n
     seed = space.seed if seed is None else seed
+    if not isinstance(seed, int) or seed < 0:
+        raise LogahError(f"seed must be a non-negative integer, got {seed!r}")
     if not isinstance(n, int) or n <= 0:
         raise LogahError(f"number of architectures must be a positive integer, got {n!r}")
     rng = np.random.default_rng(seed)
@@ -512,7 +526,8 @@ def format_description(desc: dict[str, Any]) -> str:
     """Human-readable text for ``describe_archs`` output (histograms as bars)."""
     families = ", ".join(f"{k}: {v}" for k, v in desc["families"].items())
     lines = [f"{desc['count']} architectures ({desc['distinct']} distinct; {families})",
-             f"depth {desc['depth_min']}..{desc['depth_max']}, width {desc['width_min']}..{desc['width_max']}",
+             f"depth {desc['depth_min']}..{desc['depth_max']}, "
+             f"width {desc['width_min']}..{desc['width_max']}",
              f"parameters: min {desc['params_min']:,}  median {desc['params_median']:,}  "
              f"max {desc['params_max']:,}  mean {desc['params_mean']:,}"]
     for key, title in (("depth_hist", "depth"), ("width_hist", "width"), ("heads_hist", "heads"),

@@ -58,6 +58,20 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     print(f"output: {out}")
 
 
+def _cmd_archs_sample(args: argparse.Namespace) -> None:
+    from logah.archs import get_space, sample_archs, save_archs
+
+    archs = sample_archs(get_space(args.space), args.n, args.seed)
+    print(f"sampled {len(archs)} architectures from {args.space} -> {save_archs(args.out, archs)}")
+
+
+def _cmd_archs_describe(args: argparse.Namespace) -> None:
+    from logah.archs import describe_archs, format_description, load_archs
+
+    description = describe_archs(load_archs(args.file))
+    print(json.dumps(description) if args.json else format_description(description))
+
+
 def _cmd_demo(args: argparse.Namespace) -> None:
     from logah.checkpoint import resolve_ghn
     from logah.predict import predict_params, save_prediction
@@ -93,6 +107,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("archs", help="sample and describe architecture datasets (ViTs-1K, ...)")
+    archs = p.add_subparsers(dest="archs_command", required=True, metavar="ARCHS_COMMAND")
+    q = archs.add_parser("sample", help="sample N architectures of a space to JSON or Parquet")
+    q.add_argument("--space", required=True, help="vits-1k, gpts-1k, vits-cpu, gpts-cpu")
+    q.add_argument("--n", type=int, default=None, help="number of architectures (space default)")
+    q.add_argument("--seed", type=int, default=None, help="sampling seed (space default)")
+    q.add_argument("--out", required=True, help="output .json or .parquet file")
+    q.set_defaults(func=_cmd_archs_sample)
+    q = archs.add_parser("describe", help="count, depth/width/heads histograms, parameter counts")
+    q.add_argument("file", help="a .json or .parquet architecture file")
+    q.add_argument("--json", action="store_true", help="print one JSON object")
+    q.set_defaults(func=_cmd_archs_describe)
 
     p = sub.add_parser("demo", help="the quick-start job (what `make demo` runs)")
     p.add_argument("--out", default="runs/demo")

@@ -159,7 +159,8 @@ def _read_cifar_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndar
 
 
 CIFAR_LAYOUT = {  # folder, train batches, test batch, label key (CIFAR-100: the 100 fine labels)
-    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], "test_batch", b"labels"),
+    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], "test_batch",
+                b"labels"),
     "cifar100": ("cifar-100-python", ["train"], "test", b"fine_labels"),
 }
 
@@ -178,7 +179,8 @@ def _load_cifar(name: str) -> RawImages:
 
 
 @functools.lru_cache(maxsize=4)
-def _read_cifar_folder(folder: Path, train_files: tuple[str, ...], test_file: str, key: bytes) -> RawImages:
+def _read_cifar_folder(folder: Path, train_files: tuple[str, ...], test_file: str,
+                       key: bytes) -> RawImages:
     parts = [_read_cifar_batch(folder / f, key) for f in train_files]
     test_x, test_y = _read_cifar_batch(folder / test_file, key)
     return RawImages(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
@@ -213,7 +215,8 @@ def foolbox_cifar(name: str) -> tuple[np.ndarray, np.ndarray]:
     found = sorted((int(m[1]), int(m[2]), p) for p in folder.iterdir() if (m := pattern.match(p.name)))
     if not found:
         raise LogahError(f"no {name} images in {folder}: pip install --no-deps foolbox==3.3.4")
-    images = np.stack([np.asarray(Image.open(p).convert("RGB")).transpose(2, 0, 1) for _, _, p in found])
+    images = np.stack([np.asarray(Image.open(p).convert("RGB")).transpose(2, 0, 1)
+                       for _, _, p in found])                                  # (N, 3, 32, 32)
     return images, np.array([label for _, label, _ in found], dtype=np.int64)
 
 
@@ -248,7 +251,8 @@ IMAGE_DATASETS: dict[str, ImageDatasetInfo] = {
     "fashion-mnist": ImageDatasetInfo(
         name="fashion-mnist", num_classes=10, channels=1, native_size=28, offline=True,
         install="apt-get install -y dataset-fashion-mnist",
-        description="Zalando Fashion-MNIST, 60k/10k 28x28 greyscale (Debian package, or torchvision online)",
+        description="Zalando Fashion-MNIST, 60k/10k 28x28 greyscale (train 55000 / val 5000 / "
+                    "test 10000); Debian package, or torchvision online",
         mean=(0.2860,), std=(0.3530,), val_size=5000, classes=FASHION_CLASSES,
         load=_load_fashion_mnist),
     "cifar10": ImageDatasetInfo(
@@ -276,7 +280,8 @@ IMAGE_DATASETS: dict[str, ImageDatasetInfo] = {
     "digits": ImageDatasetInfo(
         name="digits", num_classes=10, channels=1, native_size=8, offline=True,
         install="pip install scikit-learn",
-        description="scikit-learn handwritten digits, 1797 8x8 (train 1297 / val 140 / test 360), for tests",
+        description="scikit-learn handwritten digits, 1797 8x8 (train 1297 / val 140 / "
+                    "test 360), for tests",
         mean=(0.3053,), std=(0.3760,), val_size=140, flip=False, load=_load_digits),
 }
 

@@ -16,13 +16,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
 import socket
-import tempfile
 import threading
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from logah.errors import LogahError
 
@@ -81,36 +77,3 @@ def require_network(what: str, host: str, hint: str) -> None:
     if not _reachable(host):
         raise LogahError(f"{what} is not available locally and {host} cannot be reached "
                          f"(no network?): {hint}")
-
-
-@contextmanager
-def atomic_dir(target: Path) -> Iterator[Path]:
-    """A temporary folder beside ``target`` that becomes ``target`` only if the block succeeds,
-    so a crash (or a concurrent Ray trial) never leaves a half-written cache entry behind."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        yield tmp
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; a cache entry is readable like any file
-        try:
-            os.replace(tmp, target)
-        except OSError:
-            if not target.exists():  # lost a race to another process: theirs is as good
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def atomic_save(target: Path, write) -> Path:
-    """Call ``write(tmp_path)`` then rename the temporary file onto ``target``."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=target.suffix, dir=target.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return target

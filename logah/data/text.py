@@ -34,9 +34,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from logah.data.paths import atomic_save, cache_dir, data_root, package_dir, require_network
+from logah.data.paths import cache_dir, data_root, package_dir, require_network
 from logah.data.tokenization import tokenizer_fingerprint
 from logah.errors import LogahError
+from logah.io import atomic_file
 
 SPLITS = ("train", "val")
 VAL_FRACTION = 0.1
@@ -121,7 +122,8 @@ def _local_wikitext(name: str, split: str) -> str | None:
     if (folder / f"{stem}.parquet").exists():
         import pyarrow.parquet as pq
 
-        return "".join(pq.read_table(folder / f"{stem}.parquet", columns=["text"]).column("text").to_pylist())
+        table = pq.read_table(folder / f"{stem}.parquet", columns=["text"])
+        return "".join(table.column("text").to_pylist())
     return None
 
 
@@ -170,7 +172,8 @@ def _wikitext_documents(name: str, split: str) -> list[tuple[str, str]]:
             else:
                 rows = load_dataset("Salesforce/wikitext", config, split=_HF_SPLIT[split])
         except Exception as err:  # datasets raises many types (ConnectionError, FileNotFoundError...)
-            raise LogahError(f"{name}: could not load {config} ({type(err).__name__}: {err}); {hint}") from None
+            raise LogahError(f"{name}: could not load {config} ({type(err).__name__}: {err}); "
+                             f"{hint}") from None
         text = "".join(rows["text"])
     return [(f"{name}/{split}", text)]
 
@@ -250,7 +253,7 @@ def corpus_tokens(name: str, split: str, tokenizer) -> np.ndarray:
         eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
         ids = _encode(tokenizer, texts)
         tokens = np.concatenate([np.asarray(doc + eos, dtype=dtype) for doc in ids])
-        atomic_save(path, lambda tmp: np.save(tmp, tokens))
+        atomic_file(path, lambda tmp: np.save(tmp, tokens))
     _TOKENS[key] = tokens
     return tokens
 

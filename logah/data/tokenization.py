@@ -22,8 +22,9 @@ import json
 import os
 from pathlib import Path
 
-from logah.data.paths import atomic_dir, cache_dir, package_dir
+from logah.data.paths import cache_dir, package_dir
 from logah.errors import LogahError
+from logah.io import atomic_dir
 
 EOS = "<|endoftext|>"
 GPT2_VOCAB_SIZE = 50257
@@ -115,7 +116,7 @@ def _train_bpe(texts: list[str], vocab_size: int, target: Path) -> None:
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator(texts, vocab_size=vocab_size - 1, min_frequency=2,
                             show_progress=False, special_tokens=[])
-    with atomic_dir(target) as tmp:
+    with atomic_dir(target, cache=True) as tmp:
         bpe.save_model(str(tmp))
         vocab = json.loads((tmp / "vocab.json").read_text(encoding="utf-8"))
         vocab[EOS] = len(vocab)

@@ -1,0 +1,167 @@
+"""What a target network is trained and evaluated on: image classification or language modelling.
+
+A task owns its data (a rank's shard of the training split and a validation split), produces the
+mini-batch for a given step, computes the loss from logits, and evaluates a forward function.
+GHN training and fine-tuning share it, so both read data the same way.
+
+Batches are a pure function of (seed, rank, world size, step): epoch e of rank k reads
+``shard_indices(n, k, world_size, seed, e)`` in order. Nothing about the data position needs to
+be saved in a checkpoint beyond the step, and every rank reads a different shard (the anchor code
+gives every rank the same data).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from logah.data import get_tokenizer, load_image_dataset, load_text_dataset, shard_indices
+from logah.errors import LogahError
+from logah.targets import Arch, GPT2Arch, ViTArch
+
+ForwardFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    """Which data a task reads and how much per step."""
+
+    dataset: str = "fashion-mnist"   # an image or text dataset of ``logah.data``
+    batch_size: int = 64             # images, or token blocks, per step and rank
+    block_size: int = 128            # tokens per block (text)
+    tokenizer: str = "bpe"           # text: "bpe" (trained on the corpus, cached) or "gpt2"
+    vocab_size: int = 4096           # size of the trained BPE vocabulary
+    augment: bool = False            # random crops/flips of training images
+    eval_split: str = "val"          # "val" (held out from train) or "test" (images)
+    eval_batches: int = 10           # batches per evaluation (0: the whole split)
+
+
+class _Task:
+    """Shared batching over a training set that yields (x, y) or x items."""
+
+    metric: str
+    mode: str
+
+    def __init__(self, train, val, data: DataConfig, *, seed: int, rank: int, world_size: int):
+        if len(train) < data.batch_size * world_size:
+            raise LogahError(f"dataset {data.dataset}: {len(train)} training items, fewer than one "
+                             f"batch of {data.batch_size} per rank for {world_size} rank(s)")
+        self.train, self.val, self.data = train, val, data
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self._epoch, self._order = -1, []
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return -(-len(self.train) // self.world_size) // self.data.batch_size
+
+    def _indices(self, step: int) -> list[int]:
+        epoch, pos = divmod(step, self.batches_per_epoch)
+        if epoch != self._epoch:
+            self._epoch = epoch
+            self._order = shard_indices(len(self.train), self.rank, self.world_size, self.seed, epoch)
+        b = self.data.batch_size
+        return self._order[pos * b:(pos + 1) * b]
+
+    def sample_ids(self, step: int) -> list[int]:
+        """Dataset indices of this rank's batch at ``step`` (exposed for tests and logs)."""
+        return self._indices(step)
+
+
+class ImageClassification(_Task):
+    metric, mode = "accuracy", "max"
+
+    def __init__(self, arch: ViTArch, data: DataConfig, *, seed: int = 0, rank: int = 0,
+                 world_size: int = 1):
+        train = load_image_dataset(data.dataset, "train", image_size=arch.image_size,
+                                   channels=arch.in_channels, augment=data.augment)
+        val = load_image_dataset(data.dataset, data.eval_split, image_size=arch.image_size,
+                                 channels=arch.in_channels)
+        super().__init__(train, val, data, seed=seed, rank=rank, world_size=world_size)
+        self.num_classes = train.num_classes
+
+    def check(self, arch: Arch) -> None:
+        if not isinstance(arch, ViTArch):
+            raise LogahError(f"dataset {self.data.dataset} is an image dataset; target is {arch.family}")
+
+    def _stack(self, dataset, ids) -> tuple[torch.Tensor, torch.Tensor]:
+        items = [dataset[i] for i in ids]
+        return torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items])
+
+    def batch(self, step: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = self._stack(self.train, self._indices(step))
+        return x.to(device), y.to(device)
+
+    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.float(), y)
+
+    @torch.no_grad()
+    def evaluate(self, forward: ForwardFn, device) -> dict[str, float]:
+        n_batches = self.data.eval_batches or math.inf
+        correct = total = 0
+        loss_sum = 0.0
+        b = self.data.batch_size
+        for start in range(0, len(self.val), b):
+            if start // b >= n_batches:
+                break
+            x, y = self._stack(self.val, range(start, min(start + b, len(self.val))))
+            logits = forward(x.to(device)).float()
+            y = y.to(device)
+            loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+            correct += (logits.argmax(-1) == y).sum().item()
+            total += len(y)
+        return {"accuracy": correct / total, "loss": loss_sum / total}
+
+
+class LanguageModeling(_Task):
+    metric, mode = "perplexity", "min"
+
+    def __init__(self, arch: GPT2Arch, data: DataConfig, *, seed: int = 0, rank: int = 0,
+                 world_size: int = 1):
+        tokenizer = get_tokenizer(data.tokenizer, corpus=data.dataset, vocab_size=data.vocab_size)
+        if len(tokenizer) > arch.vocab_size:
+            raise LogahError(f"tokenizer {data.tokenizer} has {len(tokenizer)} tokens but the GPT-2 "
+                             f"vocabulary is {arch.vocab_size}: use vocab_size >= {len(tokenizer)}")
+        if data.block_size > arch.n_positions:
+            raise LogahError(f"block_size={data.block_size} exceeds n_positions={arch.n_positions}")
+        train = load_text_dataset(data.dataset, "train", tokenizer=tokenizer, block_size=data.block_size)
+        val = load_text_dataset(data.dataset, "val", tokenizer=tokenizer, block_size=data.block_size)
+        super().__init__(train, val, data, seed=seed, rank=rank, world_size=world_size)
+        self.vocab_size = len(tokenizer)
+
+    def check(self, arch: Arch) -> None:
+        if not isinstance(arch, GPT2Arch):
+            raise LogahError(f"dataset {self.data.dataset} is a text dataset; target is {arch.family}")
+
+    def batch(self, step: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.stack([self.train[i] for i in self._indices(step)]).to(device)
+        return x, x
+
+    def loss(self, logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), tokens[:, 1:].flatten())
+
+    @torch.no_grad()
+    def evaluate(self, forward: ForwardFn, device) -> dict[str, float]:
+        n_batches = self.data.eval_batches or math.inf
+        losses, b = [], self.data.batch_size
+        for start in range(0, len(self.val), b):
+            if start // b >= n_batches:
+                break
+            x = torch.stack([self.val[i] for i in range(start, min(start + b, len(self.val)))]).to(device)
+            losses.append(self.loss(forward(x), x).item())
+        loss = sum(losses) / len(losses)
+        return {"perplexity": math.exp(min(loss, 50.0)), "loss": loss}
+
+
+Task = ImageClassification | LanguageModeling
+
+
+def make_task(arch: Arch, data: DataConfig, *, seed: int = 0, rank: int = 0,
+              world_size: int = 1) -> Task:
+    """The task that trains ``arch`` (any member of a space) on ``data.dataset``."""
+    if isinstance(arch, ViTArch):
+        return ImageClassification(arch, data, seed=seed, rank=rank, world_size=world_size)
+    return LanguageModeling(arch, data, seed=seed, rank=rank, world_size=world_size)

@@ -1,0 +1,216 @@
+"""Architecture spaces: paper presets, determinism, storage, impossible spaces, buildability."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from logah.archs import (CPU_TARGETS, SPACES, GPT2Space, ViTSpace, WidthBand, arch_params,
+                         describe_archs, format_description, get_space, load_archs, sample_archs,
+                         save_archs, space_from_dict, space_to_dict)
+from logah.errors import LogahError
+from logah.targets import (NAMED_TARGETS, GPT2Arch, ViTArch, arch_to_dict, build_model,
+                           count_params)
+
+
+def distinct(archs):
+    return list({json.dumps(arch_to_dict(a), sort_keys=True): a for a in archs}.values())
+
+
+@pytest.fixture(scope="module")
+def samples():
+    return {name: sample_archs(name) for name in SPACES}
+
+
+def test_vits_1k_follows_the_paper(samples):
+    archs = samples["vits-1k"]
+    assert len(archs) == 1000 and all(isinstance(a, ViTArch) for a in archs)
+    assert {a.num_layers for a in archs} == set(range(3, 10))
+    bands = {range(6, 10): range(128, 257, 32), range(4, 6): range(256, 385, 32), range(3, 4): range(384, 513, 32)}
+    for a in archs:
+        widths = next(w for d, w in bands.items() if a.num_layers in d)
+        assert a.hidden_dim in widths
+        allowed = {3, 6, 12} if a.hidden_dim % 12 == 0 else {4, 8}  # multiples of 32: 12 or else
+        assert a.num_heads in allowed
+        assert (a.mlp_dim, a.patch_size, a.image_size, a.num_classes) == (4 * a.hidden_dim, 2, 32, 100)
+    params = [arch_params(a) for a in archs]
+    assert 1_200_000 <= min(params) and max(params) <= 9_700_000
+    assert min(params) == 1_237_476 and max(params) == 9_648_228  # L6/D128 and L3/D512 are drawn
+    # every heads choice of the rule is used somewhere
+    assert {a.num_heads for a in archs} == {3, 4, 6, 8, 12}
+
+
+def test_gpts_1k_follows_the_paper(samples):
+    archs = samples["gpts-1k"]
+    assert len(archs) == 1000 and all(isinstance(a, GPT2Arch) for a in archs)
+    assert {a.n_layer for a in archs} == set(range(3, 10))
+    assert {a.n_head for a in archs} == {8}
+    assert all(not a.tie_word_embeddings and a.vocab_size == 50257 and a.n_positions == 1024 for a in archs)
+    assert all(a.n_embd % 8 == 0 for a in archs)
+    assert all((72 if a.n_layer >= 6 else 128 if a.n_layer >= 4 else 176) <= a.n_embd
+               <= (176 if a.n_layer >= 4 else 256) for a in archs)
+    params = [arch_params(a) for a in archs]
+    assert 7_600_000 <= min(params) < 7_800_000 and 28_300_000 < max(params) <= 28_400_000
+
+
+def test_sampling_is_deterministic_in_the_seed(samples):
+    for name in SPACES:
+        assert sample_archs(name) == samples[name]                      # default seed 1
+        assert sample_archs(name, seed=1) == samples[name]
+        assert sample_archs(name, seed=2) != samples[name]
+    assert sample_archs("vits-1k", n=10) == samples["vits-1k"][:10]      # a prefix of the stream
+    assert sample_archs(get_space("vits-1k", seed=7)) == sample_archs("vits-1k", seed=7)
+
+
+def test_analytic_param_counts_match_the_built_modules(samples):
+    picks = [a for name in SPACES for a in distinct(samples[name])[:6]]
+    picks += list(NAMED_TARGETS.values()) + list(CPU_TARGETS.values())
+    picks.append(GPT2Arch(n_layer=2, n_embd=32, n_head=4, vocab_size=100, tie_word_embeddings=True))
+    picks.append(ViTArch(num_layers=1, hidden_dim=24, num_heads=3, mlp_dim=50, image_size=28,
+                         patch_size=7, num_classes=3))
+    for arch in picks:
+        assert arch_params(arch) == count_params(arch), arch
+
+
+def test_every_sampled_architecture_builds(samples):
+    for name in SPACES:
+        for arch in distinct(samples[name]):    # duplicates add nothing; all configurations built
+            model = build_model(arch, "meta")
+            assert sum(p.numel() for p in model.parameters()) == arch_params(arch)
+
+
+def test_graphs_build_for_sampled_architectures(samples):
+    graph = pytest.importorskip("logah.graph")
+    for name in SPACES:
+        for arch in samples[name][:20]:
+            g = graph.build_graph(build_model(arch, "meta"), arch)
+            assert "msa" in g.ops and g.ops.count("msa") == (arch.num_layers if isinstance(arch, ViTArch)
+                                                              else arch.n_layer)
+
+
+def test_cpu_spaces_are_small_and_cpu_targets_are_larger_than_them(samples):
+    for space_name, prefix in (("vits-cpu", "vit-cpu-target"), ("gpts-cpu", "gpt2-cpu-target")):
+        space = get_space(space_name)
+        archs = samples[space_name]
+        assert max(arch_params(a) for a in archs) < 1_000_000
+        assert space.depth_min == 1 and space.depth_max == 4
+        widths = [w for b in space.width_bands for w in b.widths()]
+        assert 10 <= min(widths) and max(widths) < 100                      # widths of tens
+        targets = [t for n, t in CPU_TARGETS.items() if n.startswith(prefix)]
+        assert targets
+        for t in targets:
+            if isinstance(t, ViTArch):
+                assert t.num_layers > space.depth_max and t.hidden_dim > max(widths)
+                assert (t.image_size, t.num_classes) == (space.image_size, space.num_classes)
+                assert t.patch_size in space.patch_sizes
+            else:
+                assert t.n_layer > space.depth_max and t.n_embd > max(widths)
+                assert (t.vocab_size, t.n_positions, t.tie_word_embeddings) == (
+                    space.vocab_size, space.n_positions, space.tie_word_embeddings)
+            assert arch_params(t) > space.max_params_in_space()
+
+
+@pytest.mark.parametrize("suffix", [".json", ".parquet"])
+def test_save_and_load_round_trip(tmp_path, samples, suffix):
+    archs = samples["vits-cpu"][:30] + samples["gpts-cpu"][:30]            # mixed families
+    path = save_archs(tmp_path / f"archs{suffix}", archs)
+    assert load_archs(path) == archs
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]            # no temp file left
+    if suffix == ".json":
+        records = json.loads(path.read_text())
+        assert records[0]["family"] == "vit" and records[-1]["family"] == "gpt2"
+
+
+def test_load_errors_are_clear(tmp_path):
+    with pytest.raises(LogahError, match="not found"):
+        load_archs(tmp_path / "missing.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("[{")
+    with pytest.raises(LogahError, match="not valid JSON"):
+        load_archs(bad)
+    bad.write_text(json.dumps([{"family": "vit", "num_layers": 2, "hidden_dim": 30, "num_heads": 4,
+                                "mlp_dim": 8}]))
+    with pytest.raises(LogahError, match="num_heads=4 does not divide"):
+        load_archs(bad)
+    with pytest.raises(LogahError, match=r"\.json or \.parquet"):
+        save_archs(tmp_path / "archs.pkl", [])
+
+
+def test_describe(samples):
+    desc = describe_archs(samples["vits-1k"])
+    assert desc["count"] == 1000 and (desc["depth_min"], desc["depth_max"]) == (3, 9)
+    assert desc["params_min"] == 1_237_476 and desc["params_max"] == 9_648_228
+    assert desc["params_min"] <= desc["params_median"] <= desc["params_max"]
+    assert sum(desc["depth_hist"].values()) == 1000 and set(desc["depth_hist"]) == set(range(3, 10))
+    assert sum(desc["heads_hist"].values()) == sum(desc["width_hist"].values()) == 1000
+    assert desc["patch_hist"] == {2: 1000}
+    assert 1 < desc["distinct"] < 1000
+    json.loads(json.dumps(desc))                                             # JSON-ready
+    text = format_description(desc)
+    assert "1000 architectures" in text and "9,648,228" in text and "depth:" in text
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(depth_min=5, depth_max=4), "empty depth range"),
+    (dict(width_bands=(WidthBand(depth_min=3, depth_max=9, width_min=256, width_max=128, width_step=32),)),
+     "empty depth or width range"),
+    (dict(width_bands=(WidthBand(depth_min=3, depth_max=9, width_min=128, width_max=256, width_step=0),)),
+     "width_step"),
+    (dict(width_bands=(WidthBand(depth_min=6, depth_max=9, width_min=128, width_max=256, width_step=32),)),
+     "width_bands must cover"),
+    (dict(width_bands=()), "width_bands is empty"),
+    (dict(max_params=1_000_000), "max_params=1,000,000 is below the smallest model"),
+    (dict(heads_rule=((1, (1000,)),)), "heads_rule .* divides no width"),
+    (dict(heads_rule=((1, (13,)),)), "heads_rule .* divides no width"),  # only in some bands
+    (dict(heads_rule=()), "heads_rule"),
+    (dict(patch_sizes=(3,)), "patch_sizes"),
+    (dict(patch_sizes=()), "patch_sizes"),
+    (dict(mlp_ratio=0), "mlp_ratio"),
+    (dict(num_archs=0), "num_archs"),
+    (dict(image_size=-32), "image_size"),
+    (dict(seed=None), "seed"),
+])
+def test_impossible_vit_spaces_name_the_setting(overrides, message):
+    with pytest.raises(LogahError, match=message):
+        get_space("vits-1k", **overrides)
+
+
+def test_impossible_gpt2_spaces_and_bad_names():
+    with pytest.raises(LogahError, match="max_params"):
+        get_space("gpts-1k", max_params=5_000_000)          # the embeddings alone are bigger
+    with pytest.raises(LogahError, match="heads_rule"):
+        get_space("gpts-1k", heads_rule=((1, (1000,)),))
+    with pytest.raises(LogahError, match="vocab_size"):
+        get_space("gpts-1k", vocab_size=0)
+    with pytest.raises(LogahError, match="unknown architecture space 'nope'.*gpts-1k"):
+        get_space("nope")
+    with pytest.raises(LogahError, match="unknown settings"):
+        get_space("gpts-1k", patch_sizes=(2,))
+    with pytest.raises(LogahError, match="positive integer"):
+        sample_archs("gpts-cpu", n=0)
+
+
+def test_cap_rejection_sampling():
+    capped = get_space("vits-1k", max_params=5_000_000)
+    archs = sample_archs(capped, n=300)
+    assert len(archs) == 300 and max(arch_params(a) for a in archs) <= 5_000_000
+    assert max(arch_params(a) for a in sample_archs("vits-1k", n=300)) > 5_000_000
+    # a cap that accepts ~1 draw in 10,000 fails after a bounded number of draws, with a message
+    wide = ViTSpace(name="wide", depth_min=1, depth_max=100, heads_rule=((1, (1,)),),
+                    width_bands=(WidthBand(depth_min=1, depth_max=100, width_min=16, width_max=1600,
+                                           width_step=16),), patch_sizes=(4,), max_params=None)
+    tight = dataclasses.replace(wide, max_params=wide.min_params())
+    with pytest.raises(LogahError, match="rejects too many"):
+        sample_archs(tight, n=10)
+
+
+def test_spaces_round_trip_and_sweep():
+    for name in SPACES:
+        space = get_space(name)
+        record = json.loads(json.dumps(space_to_dict(space)))
+        assert space_from_dict(record) == space
+    deeper = get_space("gpts-cpu", depth_max=6, width_bands=[(1, 2, 32, 64, 8), (3, 6, 16, 48, 8)])
+    assert isinstance(deeper, GPT2Space) and deeper.width_bands[1].depth_max == 6
+    assert max(a.n_layer for a in sample_archs(deeper, n=200)) == 6
