@@ -36,7 +36,7 @@ from torch import nn
 from logah.decoders import DecodeTask, LowRankDecoder, TiledDecoder
 from logah.errors import LogahError
 from logah.graph import DEFAULT_EDGE_CUTOFF, PRIMITIVES, Graph
-from logah.layout import NORM, node_canonical, split_node
+from logah.layout import NORM, WEIGHT, node_canonical, split_node
 from logah.postprocess import postprocess, weight_scale
 
 MAX_DEGREE = 100
@@ -236,6 +236,7 @@ class GHN(nn.Module):
                                                 is_vector=len(specs[0].shape) == 1,
                                                 is_norm=specs[0].kind == NORM,
                                                 is_output=node in output_nodes, scale=scale,
+                                                normalize=specs[0].kind == WEIGHT,
                                                 transposed=specs[0].transposed))
                         owners.append((i, g, specs))
             raw = self.decoder(emb, tasks)

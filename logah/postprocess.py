@@ -4,7 +4,12 @@ Decoders output numbers at an arbitrary scale; these fixed maps put each kind of
 range its layer expects, so that an untrained GHN already gives a network whose activations
 neither explode nor vanish, and a trained one only has to learn directions:
 
-* weights (≥ 2-D): multiplied by sqrt(β / fan_in), β = 2 (He-style);
+* weights (≥ 2-D): rescaled to unit root-mean-square, then multiplied by sqrt(β / fan_in), β = 2,
+  so every predicted weight has exactly the scale of He initialisation and the GHN controls its
+  direction. GHN-3 applies the fan-in factor to the raw output, whose scale drifts with the
+  decoder's; an untrained GHN then gives near-zero weights and vanishing gradients (we measured
+  a loss stuck at ln(10) on Fashion-MNIST). LoGAH's own GPT-2 path also normalises by the std.
+  The normalisation is folded into the decoders (an r × r computation for the low-rank one);
   GPT-2 residual projections (``c_proj``) are further divided by sqrt(2 · n_layer), GPT-2's rule;
 * LayerNorm weights: 2·sigmoid(0.5·p), in (0, 2), equal to 1 at p = 0; LayerNorm biases and all
   other biases: tanh(0.2·p), in (-1, 1);

@@ -1,0 +1,347 @@
+"""GHN training: plain PyTorch, one process per rank, with an injected report function.
+
+    python -m logah.cli train-ghn --ghn logah-cpu --space vits-cpu --data fashion-mnist \\
+        --steps 300 --out runs/ghn
+
+Each step samples a meta-batch of ``meta_batch`` architectures from the training list of an
+architecture space, predicts their parameters, runs the task loss of every one of them on the
+same mini-batch of real data, and updates the GHN (DESIGN.md §3.5):
+
+* AdamW, cosine schedule with linear warm-up, gradient clipping;
+* the predicted-parameter regulariser ``predparam_wd · Σ‖W‖_F`` (GHN-3);
+* autocast (bf16) on GPU, fp32 on CPU; the decoders always run in fp32;
+* an optional EMA of the GHN weights, which is what the saved GHN then holds;
+* a step whose loss or gradient norm is not finite is skipped and counted, not fatal. Under DDP
+  the decision uses the all-reduced gradient norm, so every rank skips the same steps.
+
+Everything random is a function of (seed, rank, step): the meta-batch indices, the data batch
+(``logah.tasks``), and the torch RNG (dropout, augmentation). Resuming therefore needs only the
+step, the GHN, optimizer, scheduler and EMA states, all in ``train_state.pt`` (loaded with
+``weights_only=True``); resumed runs reproduce uninterrupted ones.
+
+``train_ghn`` runs without Ray. ``logah.distributed`` runs the same function on Ray Train
+workers, where ``torch.distributed`` is initialised and the GHN is wrapped in DDP here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm import tqdm
+
+from logah.archs import get_space, sample_archs, space_from_dict, space_to_dict
+from logah.checkpoint import write_ghn_files
+from logah.errors import LogahError
+from logah.io import atomic_write_text, write_json
+from logah.ghn import GHN, GHNConfig, build_ghn
+from logah.graph import Graph, graph_of
+from logah.presets import get_preset
+from logah.targets import Arch, build_model
+from logah.predict import bound_forward
+from logah.tasks import DataConfig, make_task
+
+STATE_FILE = "train_state.pt"
+METRICS_FILE = "metrics.jsonl"
+CONFIG_FILE = "train_config.json"
+HELD_OUT_SEED_OFFSET = 1_000_003   # held-out architectures come from a disjoint seed
+
+Reporter = Callable[[dict, "Path | None"], None]
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """A GHN training run. ``paper()`` and ``cpu()`` give the two reference settings."""
+
+    ghn: GHNConfig = field(default_factory=lambda: get_preset("logah-cpu"))
+    space: dict = field(default_factory=lambda: space_to_dict(get_space("vits-cpu")))
+    data: DataConfig = field(default_factory=DataConfig)
+    steps: int = 300                  # optimizer steps
+    meta_batch: int = 1               # m: architectures per step and rank
+    lr: float = 3e-4
+    weight_decay: float = 1e-2
+    warmup_steps: int = 10
+    grad_clip: float = 5.0
+    predparam_wd: float = 3e-5
+    amp: bool = True                  # bf16 autocast when on GPU (no effect on CPU)
+    ema_decay: float = 0.0            # 0: no EMA
+    seed: int = 0
+    checkpoint_every: int = 100
+    log_every: int = 10
+    heldout_archs: int = 4            # architectures never trained on, for evaluation
+
+    def __post_init__(self) -> None:
+        # keep the space record in its JSON form, so a config read back from disk compares equal
+        object.__setattr__(self, "space", json.loads(json.dumps(self.space)))
+
+    def validate(self) -> None:
+        self.ghn.validate()
+        for name in ("steps", "meta_batch", "checkpoint_every", "log_every"):
+            if getattr(self, name) <= 0:
+                raise LogahError(f"train config: {name} must be positive, got {getattr(self, name)}")
+        if not 0 <= self.ema_decay < 1:
+            raise LogahError(f"train config: ema_decay must be in [0, 1), got {self.ema_decay}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, record: dict) -> "TrainConfig":
+        record = dict(record)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(record) - known)
+        if unknown:
+            raise LogahError(f"train config: unknown fields {unknown}")
+        if "ghn" in record:
+            record["ghn"] = GHNConfig.from_dict(record["ghn"])
+        if "data" in record:
+            record["data"] = DataConfig(**record["data"])
+        config = cls(**record)
+        config.validate()
+        return config
+
+
+def lr_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warm-up to 1, then cosine to 0 at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _step_seed(seed: int, rank: int, step: int) -> int:
+    return int(np.random.SeedSequence([seed, rank, step]).generate_state(1)[0])
+
+
+class GHNTrainer:
+    """State of one rank's training run; ``run`` does the steps."""
+
+    def __init__(self, config: TrainConfig, *, rank: int = 0, world_size: int = 1,
+                 device: str | torch.device = "cpu", resume_from: Path | None = None):
+        config.validate()
+        self.config, self.rank, self.world_size = config, rank, world_size
+        self.device = torch.device(device)
+        space = space_from_dict(config.space)
+        self.archs = sample_archs(space, seed=space.seed + config.seed)
+        self.heldout = sample_archs(space, n=config.heldout_archs,
+                                    seed=space.seed + config.seed + HELD_OUT_SEED_OFFSET)
+        self.task = make_task(self.archs[0], config.data, seed=config.seed, rank=rank,
+                              world_size=world_size)
+        self._graphs: dict[Arch, Graph] = {}
+        self._models: dict[Arch, torch.nn.Module] = {}
+        self.ghn = build_ghn(config.ghn, seed=config.seed).to(self.device)
+        self.optimizer = torch.optim.AdamW(self.ghn.parameters(), lr=config.lr,
+                                           weight_decay=config.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, config.warmup_steps, config.steps))
+        self.ema = (AveragedModel(self.ghn, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay))
+                    if config.ema_decay else None)
+        self.step, self.skipped, self.history = 0, 0, []
+        if resume_from is not None:
+            self._load_state(resume_from)
+        self.model = self.ghn
+        if world_size > 1 and dist.is_available() and dist.is_initialized():
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            # the tiled decoder's class bias is unused by targets whose head has no bias
+            self.model = DistributedDataParallel(self.ghn, device_ids=ids,
+                                                 find_unused_parameters=True)
+
+    # --- pieces -----------------------------------------------------------------------------
+    def graph(self, arch: Arch) -> Graph:
+        if arch not in self._graphs:
+            self._graphs[arch] = graph_of(arch, self.config.ghn.edge_cutoff)
+            self._models[arch] = build_model(arch, "meta")
+        return self._graphs[arch]
+
+    def meta_batch(self, step: int) -> list[Arch]:
+        """The architectures this rank trains on at ``step`` (different on every rank)."""
+        rng = np.random.default_rng([self.config.seed, self.rank, step])
+        return [self.archs[i] for i in rng.integers(len(self.archs), size=self.config.meta_batch)]
+
+    def _autocast(self):
+        enabled = self.config.amp and self.device.type == "cuda"
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+    def predicting_ghn(self) -> GHN:
+        """The GHN whose predictions are evaluated and saved: the EMA copy when there is one."""
+        return self.ema.module if self.ema is not None else self.ghn
+
+    # --- one step ----------------------------------------------------------------------------
+    def train_step(self) -> dict:
+        config, step = self.config, self.step
+        torch.manual_seed(_step_seed(config.seed, self.rank, step))
+        archs = self.meta_batch(step)
+        x, y = self.task.batch(step, self.device)
+        self.ghn.train()
+        with self._autocast():
+            predictions = self.model([self.graph(a) for a in archs])
+            task_loss = sum(self.task.loss(bound_forward(self._models[a], p, a, x), y)
+                            for a, p in zip(archs, predictions)) / len(archs)
+            reg = sum(t.float().norm() for p in predictions for t in p.values()) / len(archs)
+            loss = task_loss + config.predparam_wd * reg
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.ghn.parameters(), config.grad_clip)
+        finite = bool(torch.isfinite(grad_norm)) and bool(torch.isfinite(loss))
+        if finite:
+            self.optimizer.step()
+            if self.ema is not None:
+                self.ema.update_parameters(self.ghn)
+        else:
+            self.skipped += 1
+            self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.step += 1
+        return {"loss": task_loss.item(), "grad_norm": grad_norm.item(), "finite": finite,
+                "arch_ids": [self.archs.index(a) for a in archs]}
+
+    # --- evaluation --------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, archs: list[Arch] | None = None) -> dict[str, float]:
+        """Mean task metric of predicted (not fine-tuned) held-out architectures."""
+        ghn = self.predicting_ghn().eval()
+        archs = self.heldout if archs is None else archs
+        scores = []
+        for arch in archs:
+            params = ghn([self.graph(arch)])[0]
+            model = self._models[arch].eval()
+            with self._autocast():
+                scores.append(self.task.evaluate(lambda x: bound_forward(model, params, arch, x),
+                                                 self.device))
+        return {f"heldout_{k}": float(np.mean([s[k] for s in scores])) for k in scores[0]}
+
+    # --- state -------------------------------------------------------------------------------
+    def write_checkpoint(self, folder: Path) -> None:
+        """GHN files (``logah predict --ghn`` reads them), training state and metric history."""
+        metadata = {"step": self.step, "trained_on": {"space": self.config.space["name"],
+                                                      "dataset": self.config.data.dataset}}
+        write_ghn_files(self.predicting_ghn(), folder, metadata)
+        state = {"step": self.step, "skipped": self.skipped,
+                 "ghn": self.ghn.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "scheduler": self.scheduler.state_dict(),
+                 "ema": self.ema.state_dict() if self.ema is not None else None}
+        torch.save(state, folder / STATE_FILE)
+        (folder / METRICS_FILE).write_text("".join(json.dumps(m) + "\n" for m in self.history))
+        (folder / CONFIG_FILE).write_text(json.dumps(self.config.to_dict(), indent=2))
+
+    def _load_state(self, folder: Path) -> None:
+        try:
+            state = torch.load(folder / STATE_FILE, map_location=self.device, weights_only=True)
+        except FileNotFoundError:
+            raise LogahError(f"cannot resume: {folder / STATE_FILE} not found") from None
+        except Exception as err:   # torch raises several types for corrupt pickles
+            raise LogahError(f"cannot resume from {folder}: {STATE_FILE} is unreadable ({err})") from None
+        saved = json.loads((folder / CONFIG_FILE).read_text())
+        if TrainConfig.from_dict(saved) != self.config:
+            raise LogahError(f"cannot resume from {folder}: it was trained with another config")
+        try:
+            self.ghn.load_state_dict(state["ghn"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            if self.ema is not None:
+                self.ema.load_state_dict(state["ema"])
+        except (KeyError, RuntimeError, ValueError) as err:
+            raise LogahError(f"cannot resume from {folder}: state does not match ({err})") from None
+        self.step, self.skipped = state["step"], state["skipped"]
+        history = (folder / METRICS_FILE).read_text().splitlines()
+        self.history = [json.loads(line) for line in history if line.strip()]
+
+    # --- the loop ----------------------------------------------------------------------------
+    def run(self, report: Reporter, progress: bool = True) -> list[dict]:
+        config = self.config
+        bar = tqdm(total=config.steps, initial=self.step, disable=not progress or self.rank != 0,
+                   desc="train GHN", dynamic_ncols=True)
+        window_start, window_steps, losses = time.perf_counter(), 0, []
+        while self.step < config.steps:
+            out = self.train_step()
+            losses.append(out["loss"])
+            window_steps += 1
+            bar.update(1)
+            checkpoint = self.step % config.checkpoint_every == 0 or self.step == config.steps
+            if self.step % config.log_every and not checkpoint:
+                continue
+            elapsed = time.perf_counter() - window_start
+            steps_per_s = window_steps / elapsed
+            metrics = {"step": self.step, "loss": float(np.nanmean(losses)),
+                       "lr": self.scheduler.get_last_lr()[0], "grad_norm": out["grad_norm"],
+                       "skipped_steps": self.skipped, "steps_per_s": steps_per_s,
+                       "archs_per_s": steps_per_s * config.meta_batch * self.world_size,
+                       "samples_per_s": steps_per_s * config.data.batch_size * self.world_size}
+            if checkpoint:
+                metrics.update(self.evaluate())
+            self.history.append(metrics)
+            bar.set_postfix(loss=f"{metrics['loss']:.3f}")
+            self._report(report, metrics, checkpoint)
+            window_start, window_steps, losses = time.perf_counter(), 0, []
+        bar.close()
+        return self.history
+
+    def _report(self, report: Reporter, metrics: dict, checkpoint: bool) -> None:
+        if not checkpoint:
+            report(metrics, None)
+            return
+        folder = Path(tempfile.mkdtemp(prefix="logah-ckpt-"))
+        try:
+            if self.rank == 0:
+                self.write_checkpoint(folder)
+            report(metrics, folder if self.rank == 0 else None)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+class LocalReporter:
+    """Report function for runs without Ray: metrics to ``metrics.jsonl``, checkpoint to
+    ``out/checkpoint`` (replaced atomically), and the GHN files into ``out`` itself, so the
+    output folder is what ``logah predict --ghn`` accepts."""
+
+    def __init__(self, out: Path):
+        self.out = Path(out)
+        self.out.mkdir(parents=True, exist_ok=True)
+
+    def __call__(self, metrics: dict, checkpoint: Path | None) -> None:
+        with open(self.out / METRICS_FILE, "a") as f:
+            f.write(json.dumps(metrics) + "\n")
+        if checkpoint is not None:
+            export_checkpoint(checkpoint, self.out)
+
+
+def export_checkpoint(checkpoint: Path, out: Path) -> None:
+    """Copy a training checkpoint to ``out/checkpoint`` and its GHN to ``out`` (both atomic)."""
+    from logah.checkpoint import CONFIG_FILE as GHN_CONFIG, WEIGHTS_FILE
+    from logah.io import atomic_dir, atomic_file
+
+    with atomic_dir(out / "checkpoint", overwrite=True) as tmp:
+        for item in Path(checkpoint).iterdir():
+            shutil.copy2(item, tmp / item.name)
+    for name in (WEIGHTS_FILE, GHN_CONFIG):   # config last: its presence marks a complete GHN
+        atomic_file(out / name, lambda tmp, n=name: shutil.copy2(out / "checkpoint" / n, tmp))
+
+
+def train_ghn(config: TrainConfig, out: str | Path, *, resume: bool = False,
+              device: str = "cpu", progress: bool = True) -> list[dict]:
+    """Train in this process (no Ray) and leave a GHN checkpoint folder at ``out``."""
+    out = Path(out)
+    checkpoint = out / "checkpoint"
+    if out.exists() and any(out.iterdir()) and not resume:
+        raise LogahError(f"output {out} already exists (use --resume to continue it)")
+    if resume and not checkpoint.is_dir():
+        raise LogahError(f"cannot resume: {checkpoint} does not exist")
+    trainer = GHNTrainer(config, device=device, resume_from=checkpoint if resume else None)
+    out.mkdir(parents=True, exist_ok=True)
+    # metrics logged after the last checkpoint of an interrupted run are dropped with it
+    atomic_write_text(out / METRICS_FILE, "".join(json.dumps(m) + "\n" for m in trainer.history))
+    write_json(out / CONFIG_FILE, config.to_dict())
+    return trainer.run(LocalReporter(out), progress=progress)
