@@ -72,6 +72,51 @@ def _cmd_archs_describe(args: argparse.Namespace) -> None:
     print(json.dumps(description) if args.json else format_description(description))
 
 
+def _train_config(args: argparse.Namespace):
+    import dataclasses
+
+    from logah.archs import get_space, space_to_dict
+    from logah.presets import get_preset
+    from logah.tasks import DataConfig
+    from logah.training import TrainConfig
+
+    overrides = {k: v for k, v in (("decoder", args.decoder), ("hidden", args.hidden),
+                                   ("layers", args.layers), ("heads", args.heads),
+                                   ("rank", args.rank)) if v is not None}
+    ghn = dataclasses.replace(get_preset(args.ghn), **overrides)
+    space = get_space(args.space)
+    dataset = args.data or ("fashion-mnist" if space_to_dict(space)["family"] == "vit" else "shakespeare")
+    data = DataConfig(dataset=dataset, batch_size=args.batch_size, tokenizer=args.tokenizer,
+                      block_size=args.block_size)
+    return TrainConfig(ghn=ghn, space=space_to_dict(space), data=data, steps=args.steps,
+                       meta_batch=args.meta_batch, lr=args.lr, ema_decay=args.ema,
+                       seed=args.seed, checkpoint_every=args.checkpoint_every)
+
+
+def _cmd_train_ghn(args: argparse.Namespace) -> None:
+    config = _train_config(args)
+    config.validate()
+    if args.workers:
+        import ray
+
+        from logah.distributed import train_ghn_ray
+
+        ray.init(address=args.address, num_cpus=None if args.address else args.workers,
+                 include_dashboard=False if not args.address else None, log_to_driver=False)
+        result = train_ghn_ray(config, args.out, workers=args.workers, use_gpu=args.gpu)
+        history = [result.metrics] if result.metrics else []
+    else:
+        from logah.training import train_ghn
+
+        history = train_ghn(config, args.out, resume=args.resume,
+                            device="cuda" if args.gpu else "cpu")
+    final = [m for m in history if any(k.startswith("heldout_") for k in m)]
+    if final:
+        shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in final[-1].items()}
+        print("final:", json.dumps(shown))
+    print(f"output: {Path(args.out).resolve()}")
+
+
 def _cmd_demo(args: argparse.Namespace) -> None:
     from logah.checkpoint import resolve_ghn
     from logah.predict import predict_params, save_prediction
@@ -120,6 +165,32 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("file", help="a .json or .parquet architecture file")
     q.add_argument("--json", action="store_true", help="print one JSON object")
     q.set_defaults(func=_cmd_archs_describe)
+
+    p = sub.add_parser("train-ghn", help="train a GHN on an architecture space and a dataset")
+    p.add_argument("--ghn", default="logah-cpu", help="GHN preset to start from")
+    p.add_argument("--decoder", choices=["low-rank", "tiled"])
+    p.add_argument("--hidden", type=int)
+    p.add_argument("--layers", type=int)
+    p.add_argument("--heads", type=int)
+    p.add_argument("--rank", type=int)
+    p.add_argument("--space", default="vits-cpu", help="architecture space (vits-cpu, gpts-1k, ...)")
+    p.add_argument("--data", help="dataset (default: fashion-mnist for ViTs, shakespeare for GPT-2s)")
+    p.add_argument("--tokenizer", default="bpe", help="text: bpe (trained, cached) or gpt2")
+    p.add_argument("--block-size", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--meta-batch", type=int, default=1)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--ema", type=float, default=0.0, help="EMA decay of GHN weights (0: off)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint-every", type=int, default=100)
+    p.add_argument("--workers", type=int, default=0,
+                   help="Ray Train workers (0: train in this process without Ray)")
+    p.add_argument("--address", help="Ray cluster address (default: a local Ray)")
+    p.add_argument("--gpu", action="store_true", help="train on GPU (one per worker)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--out", required=True, help="output folder (a GHN checkpoint at the end)")
+    p.set_defaults(func=_cmd_train_ghn)
 
     p = sub.add_parser("demo", help="the quick-start job (what `make demo` runs)")
     p.add_argument("--out", default="runs/demo")
