@@ -205,8 +205,9 @@ class GHNTrainer:
             self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         self.step += 1
-        return {"loss": task_loss.item(), "grad_norm": grad_norm.item(), "finite": finite,
-                "arch_ids": [self.archs.index(a) for a in archs]}
+        self.last_draw = {"archs": [self.archs.index(a) for a in archs],
+                          "samples": self.task.sample_ids(step)}
+        return {"loss": task_loss.item(), "grad_norm": grad_norm.item(), "finite": finite}
 
     # --- evaluation --------------------------------------------------------------------------
     @torch.no_grad()
@@ -282,12 +283,26 @@ class GHNTrainer:
                        "samples_per_s": steps_per_s * config.data.batch_size * self.world_size}
             if checkpoint:
                 metrics.update(self.evaluate())
+                metrics.update(self._rank_agreement())
             self.history.append(metrics)
             bar.set_postfix(loss=f"{metrics['loss']:.3f}")
             self._report(report, metrics, checkpoint)
             window_start, window_steps, losses = time.perf_counter(), 0, []
         bar.close()
         return self.history
+
+    def _rank_agreement(self) -> dict:
+        """Under DDP, check what the anchor code gets wrong: weights equal on every rank, while
+        the architectures and data of the last step differ between ranks."""
+        if not (self.world_size > 1 and dist.is_available() and dist.is_initialized()):
+            return {}
+        checksum = float(sum(p.double().sum() for p in self.ghn.parameters()))
+        views = [None] * self.world_size
+        dist.all_gather_object(views, (checksum, self.last_draw))
+        samples = [set(draw["samples"]) for _, draw in views]
+        return {"ranks_weights_equal": len({c for c, _ in views}) == 1,
+                "ranks_shared_samples": len(set.intersection(*samples)),
+                "ranks_archs": [draw["archs"] for _, draw in views]}
 
     def _report(self, report: Reporter, metrics: dict, checkpoint: bool) -> None:
         if not checkpoint:
