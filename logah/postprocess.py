@@ -50,4 +50,7 @@ def postprocess(spec: ParamSpec, raw: torch.Tensor, *, is_norm_bias: bool = Fals
         return torch.tanh(0.2 * raw)
     assert spec.kind == EMBEDDING, spec.kind
     rms = torch.linalg.vector_norm(raw) / math.sqrt(raw.numel())
-    return raw * (EMBEDDING_STD / (rms + 1e-8))
+    factor = EMBEDDING_STD / (rms + 1e-8)
+    if raw.requires_grad:
+        return raw * factor
+    return raw.mul_(factor)   # inference: the decoder's fresh tensor is ours to rescale in place
