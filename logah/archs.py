@@ -19,6 +19,7 @@ models to test the paper's point, generalisation to larger targets, in minutes o
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import json
 import os
@@ -98,7 +99,7 @@ def heads_for(width: int, rule: HeadsRule) -> tuple[int, ...]:
 
 
 @dataclass(frozen=True, kw_only=True)
-class _Space:
+class _Space(abc.ABC):
     """Fields and checks shared by both families. Construction validates: an impossible space
     cannot exist, so a sweep fails at its first trial with a message naming the setting."""
 
@@ -117,12 +118,13 @@ class _Space:
         self.validate()
 
     # -- family hooks -------------------------------------------------------------------------
+    @abc.abstractmethod
     def _make(self, depth: int, width: int, heads: int, rng: np.random.Generator) -> Arch:
-        raise NotImplementedError
+        """One architecture of this family at ``depth`` x ``width`` with ``heads``."""
 
+    @abc.abstractmethod
     def _extremes(self, depth: int, width: int) -> list[int]:
         """Parameter counts of every variant (e.g. patch size) at ``depth`` x ``width``."""
-        raise NotImplementedError
 
     def _validate_family(self) -> None:
         pass

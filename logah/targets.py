@@ -16,7 +16,6 @@ all the graph builder and the GHN need: a 774M-parameter GPT-2-L costs nothing t
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch
 from torch import nn
 
 from logah.errors import LogahError
+from logah.io import read_json
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -134,14 +134,7 @@ def arch_from_dict(record: dict[str, Any]) -> Arch:
 
 def load_arch_json(path: str | Path) -> Arch:
     """Read one architecture record from a JSON file (as written by ``logah predict`` or by hand)."""
-    path = Path(path)
-    try:
-        record = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise LogahError(f"architecture file not found: {path}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise LogahError(f"architecture file {path} is not valid JSON: {err}") from None
-    return arch_from_dict(record)
+    return arch_from_dict(read_json(path, "architecture file"))
 
 
 # Paper targets (App. C, Tabs. 6-7). ViTs at CIFAR resolution (32x32, patch 2, 100 classes);
