@@ -13,10 +13,10 @@ ends, its last checkpoint is exported to ``out`` exactly as a run without Ray wo
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from logah.training import METRICS_FILE, TrainConfig, export_checkpoint
+from logah.io import atomic_write_text, write_json
+from logah.training import CONFIG_FILE, METRICS_FILE, TrainConfig, export_checkpoint
 
 RUN_NAME = "ray-train"
 
@@ -71,6 +71,6 @@ def train_ghn_ray(config: TrainConfig, out: str | Path, *, workers: int, use_gpu
         with result.checkpoint.as_directory() as folder:
             export_checkpoint(Path(folder), out)
             history = (Path(folder) / METRICS_FILE).read_text()
-        (out / METRICS_FILE).write_text(history)
-        (out / "train_config.json").write_text(json.dumps(config.to_dict(), indent=2))
+        atomic_write_text(out / METRICS_FILE, history)
+        write_json(out / CONFIG_FILE, config.to_dict())
     return result
