@@ -97,12 +97,9 @@ def _cmd_train_ghn(args: argparse.Namespace) -> None:
     config = _train_config(args)
     config.validate()
     if args.workers:
-        import ray
-
         from logah.distributed import train_ghn_ray
 
-        ray.init(address=args.address, num_cpus=None if args.address else args.workers,
-                 include_dashboard=False if not args.address else None, log_to_driver=False)
+        _init_ray(args)
         result = train_ghn_ray(config, args.out, workers=args.workers, use_gpu=args.gpu)
         history = [result.metrics] if result.metrics else []
     else:
@@ -115,6 +112,55 @@ def _cmd_train_ghn(args: argparse.Namespace) -> None:
         shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in final[-1].items()}
         print("final:", json.dumps(shown))
     print(f"output: {Path(args.out).resolve()}")
+
+
+def _finetune_config(args: argparse.Namespace):
+    from logah.finetune import FinetuneConfig, finetune_preset
+    from logah.targets import ViTArch, arch_to_dict, resolve_target
+    from logah.tasks import DataConfig
+
+    arch = resolve_target(args.target)
+    is_vit = isinstance(arch, ViTArch)
+    settings = finetune_preset(args.preset or ("vit-cpu" if is_vit else "gpt2-cpu"))
+    overrides = {"optimizer": args.optimizer, "lr": args.lr, "weight_decay": args.weight_decay,
+                 "warmup_steps": args.warmup, "steps": args.steps, "grad_clip": args.grad_clip,
+                 "eval_every": args.eval_every}
+    settings.update({k: v for k, v in overrides.items() if v is not None})
+    data = DataConfig(dataset=args.data or ("fashion-mnist" if is_vit else "shakespeare"),
+                      batch_size=args.batch_size or (64 if is_vit else 16),
+                      block_size=args.block_size, tokenizer=args.tokenizer,
+                      eval_batches=args.eval_batches)
+    config = FinetuneConfig(target=arch_to_dict(arch), init=args.init, ghn=args.ghn, data=data,
+                            seed=args.seed, **settings)
+    config.validate()
+    return config
+
+
+def _cmd_finetune(args: argparse.Namespace) -> None:
+    config = _finetune_config(args)
+    if args.workers:
+        from logah.distributed import finetune_ray
+
+        _init_ray(args)
+        result = finetune_ray(config, args.out, workers=args.workers, use_gpu=args.gpu)
+        if result.error is not None:
+            raise LogahError(f"fine-tuning failed on Ray: {result.error}")
+        summary = json.loads((Path(args.out) / "summary.json").read_text())
+    else:
+        from logah.finetune import finetune
+
+        summary = finetune(config, args.out, resume=args.resume,
+                           device="cuda" if args.gpu else "cpu")
+    print("summary:", json.dumps({k: round(v, 4) if isinstance(v, float) else v
+                                  for k, v in summary.items()}))
+    print(f"output: {Path(args.out).resolve()}")
+
+
+def _init_ray(args: argparse.Namespace) -> None:
+    import ray
+
+    ray.init(address=args.address, num_cpus=None if args.address else args.workers,
+             include_dashboard=False if not args.address else None, log_to_driver=False)
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
@@ -132,6 +178,16 @@ def _cmd_demo(args: argparse.Namespace) -> None:
         print(f"{name}: predicted {total / 1e6:.1f}M parameters with an untrained logah-t "
               f"in {time.perf_counter() - start:.1f}s -> {out / name}")
     print(f"demo output: {out.resolve()}")
+
+
+def _add_run_options(p: argparse.ArgumentParser, verb: str, out_help: str) -> None:
+    """Where a training run executes and writes (shared by train-ghn and finetune)."""
+    p.add_argument("--workers", type=int, default=0,
+                   help=f"Ray Train workers (0: {verb} in this process without Ray)")
+    p.add_argument("--address", help="Ray cluster address (default: a local Ray)")
+    p.add_argument("--gpu", action="store_true", help=f"{verb} on GPU (one per worker)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--out", required=True, help=out_help)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -184,13 +240,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ema", type=float, default=0.0, help="EMA decay of GHN weights (0: off)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-every", type=int, default=100)
-    p.add_argument("--workers", type=int, default=0,
-                   help="Ray Train workers (0: train in this process without Ray)")
-    p.add_argument("--address", help="Ray cluster address (default: a local Ray)")
-    p.add_argument("--gpu", action="store_true", help="train on GPU (one per worker)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    p.add_argument("--out", required=True, help="output folder (a GHN checkpoint at the end)")
+    _add_run_options(p, "train", "output folder (a GHN checkpoint at the end)")
     p.set_defaults(func=_cmd_train_ghn)
+
+    p = sub.add_parser("finetune", help="fine-tune a target from an init (random, orthogonal, "
+                       "ghn3, logah or a predicted folder)")
+    p.add_argument("--target", required=True,
+                   help="vit-s|...|gpt2-l, vit-cpu-target|gpt2-cpu-target|..., or an architecture .json")
+    p.add_argument("--init", default="random",
+                   help="random | orthogonal | ghn3 | logah (both need --ghn) | a logah predict folder")
+    p.add_argument("--ghn", help="GHN checkpoint folder (for --init ghn3 / logah)")
+    p.add_argument("--data", help="dataset (default: fashion-mnist for ViTs, shakespeare for GPT-2s)")
+    p.add_argument("--preset", help="optimisation preset: vit-cpu, gpt2-cpu, vit-paper, gpt2-paper "
+                   "(default: the CPU one of the target's family)")
+    p.add_argument("--optimizer", choices=["sgd", "adamw"])
+    p.add_argument("--lr", type=float)
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--warmup", type=int, help="warm-up steps")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--grad-clip", type=float, help="max gradient norm (0: off)")
+    p.add_argument("--eval-every", type=int, help="steps between validation reports")
+    p.add_argument("--eval-batches", type=int, default=10, help="validation batches (0: whole split)")
+    p.add_argument("--batch-size", type=int, help="default 64 images or 16 token blocks")
+    p.add_argument("--block-size", type=int, default=128)
+    p.add_argument("--tokenizer", default="bpe", help="text: bpe (trained, cached) or gpt2")
+    p.add_argument("--seed", type=int, default=0)
+    _add_run_options(p, "fine-tune", "output folder: metrics.jsonl, summary.json, model/")
+    p.set_defaults(func=_cmd_finetune)
 
     p = sub.add_parser("demo", help="the quick-start job (what `make demo` runs)")
     p.add_argument("--out", default="runs/demo")

@@ -79,9 +79,9 @@ def _group(tasks: list[DecodeTask], key) -> dict:
 class LowRankDecoder(nn.Module):
     """LoGAH's decoder: every predicted matrix is A·B with inner dimension ``rank``."""
 
-    def __init__(self, hidden: int, rank: int, max_width: int):
+    def __init__(self, hidden: int, rank: int, max_width: int, unit_grid: int = 0):
         super().__init__()
-        self.rank, self.max_width = rank, max_width
+        self.rank, self.max_width, self.unit_grid = rank, max_width, unit_grid
         self.mlp = _mlp([hidden, 4 * hidden, 8 * hidden, 2 * rank * rank])
         self.basis = nn.Linear(rank, max_width)   # U, u: rows of A and columns of B
         self._pairs: dict[int, torch.Tensor] = {}
@@ -97,6 +97,18 @@ class LowRankDecoder(nn.Module):
         return self._pairs[n]
 
     def _factor(self, p: torch.Tensor, n: int) -> torch.Tensor:
+        """The n rows of a factor read from P-half ``p`` (G, r, r): (G, n, r)."""
+        if not self.unit_grid:
+            return self._rows(p, n)
+        grid = self._rows(p, self.unit_grid)                    # (G, g, r)
+        pos = ((torch.arange(n, device=p.device) + 0.5) * self.unit_grid / n - 0.5)
+        pos = pos.clamp(0, self.unit_grid - 1)
+        lo = pos.floor().long()
+        hi = (lo + 1).clamp(max=self.unit_grid - 1)
+        w = (pos - lo)[None, :, None]
+        return grid[:, lo] * (1 - w) + grid[:, hi] * w
+
+    def _rows(self, p: torch.Tensor, n: int) -> torch.Tensor:
         """First n rows of the (K × r) factor read from P-half ``p`` (G, r, r): (G, n, r)."""
         r, k = self.rank, self.max_width
         m = min(n, k)

@@ -35,6 +35,7 @@ from torch import nn
 
 from logah.decoders import DecodeTask, LowRankDecoder, TiledDecoder
 from logah.errors import LogahError
+from logah.io import config_from_record
 from logah.graph import DEFAULT_EDGE_CUTOFF, PRIMITIVES, Graph
 from logah.layout import NORM, WEIGHT, node_canonical, split_node
 from logah.postprocess import postprocess, weight_scale
@@ -61,6 +62,8 @@ class GHNConfig:
     heads: int = 8                   # H: attention heads
     rank: int = 32                   # r: low-rank decoder rank
     max_width: int = 2048 * 16       # K: low-rank rows/columns predicted without reuse
+    unit_grid: int = 0               # low-rank: 0 = the paper's per-unit rows; G > 0 = rows read at
+                                     # relative positions of a G-row grid (logah.decoders)
     tile: int = 0                    # tiled decoder chunk width (GHN-3 max_shape); 0 means = hidden
     spatial: int = 16                # tiled decoder chunk spatial size s
     num_classes: int = 1000          # tiled decoder class head
@@ -74,6 +77,8 @@ class GHNConfig:
                      "edge_cutoff"):
             if getattr(self, name) <= 0:
                 raise LogahError(f"GHN {name} must be positive, got {getattr(self, name)}")
+        if not 0 <= self.unit_grid * self.rank <= self.max_width:
+            raise LogahError(f"GHN unit_grid must be in [0, max_width / rank], got {self.unit_grid}")
         if self.hidden % self.heads:
             raise LogahError(f"GHN heads={self.heads} does not divide hidden={self.hidden}")
         if self.hidden % 4:
@@ -86,13 +91,7 @@ class GHNConfig:
 
     @classmethod
     def from_dict(cls, record: dict) -> "GHNConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(record) - known)
-        if unknown:
-            raise LogahError(f"GHN config: unknown fields {unknown}")
-        config = cls(**record)
-        config.validate()
-        return config
+        return config_from_record(cls, record, "GHN config")
 
 
 class ShapeEncoder(nn.Module):
@@ -183,7 +182,8 @@ class GHN(nn.Module):
         self.layers = nn.ModuleList(GraphormerLayer(d, config.heads) for _ in range(config.layers))
         self.out_ln = nn.LayerNorm(d)
         if config.decoder == "low-rank":
-            self.decoder: nn.Module = LowRankDecoder(d, config.rank, config.max_width)
+            self.decoder: nn.Module = LowRankDecoder(d, config.rank, config.max_width,
+                                                           config.unit_grid)
         else:
             self.decoder = TiledDecoder(d, config.tile or d, config.spatial, config.num_classes)
         self._init_weights()

@@ -9,12 +9,13 @@ folder that a later command could mistake for a good one.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from logah.errors import LogahError
 
@@ -93,3 +94,25 @@ def read_json(path: str | Path, what: str) -> dict:
     if not isinstance(value, dict):
         raise LogahError(f"{what}: {path} must hold a JSON object")
     return value
+
+
+def config_from_record(cls, record: dict, what: str, **nested: Callable[[dict], Any]):
+    """The dataclass ``cls`` built from a JSON record and validated. Unknown or missing fields
+    are a ``LogahError`` naming ``what``; ``nested`` converts fields that are records themselves
+    (e.g. ``data=lambda r: DataConfig(**r)``)."""
+    if not isinstance(record, dict):
+        raise LogahError(f"{what}: expected a JSON object, got {type(record).__name__}")
+    record = dict(record)
+    unknown = sorted(set(record) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise LogahError(f"{what}: unknown fields {unknown}")
+    for name, convert in nested.items():
+        if name in record:
+            record[name] = convert(record[name])
+    try:
+        config = cls(**record)
+    except TypeError as err:
+        raise LogahError(f"{what}: {err}") from None
+    if hasattr(config, "validate"):
+        config.validate()
+    return config

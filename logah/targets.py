@@ -150,12 +150,16 @@ NAMED_TARGETS: dict[str, Arch] = {
 
 
 def resolve_target(spec: str | Path) -> Arch:
-    """A named target (``vit-s`` ...) or the path of an architecture JSON file."""
-    if str(spec) in NAMED_TARGETS:
-        return NAMED_TARGETS[str(spec)]
+    """A named target (``vit-s`` ..., or a CPU study target such as ``vit-cpu-target``) or the
+    path of an architecture JSON file."""
+    from logah.archs import CPU_TARGETS   # defined beside the CPU spaces they are wider than
+
+    named = {**NAMED_TARGETS, **CPU_TARGETS}
+    if str(spec) in named:
+        return named[str(spec)]
     if str(spec).endswith(".json") or Path(spec).exists():
         return load_arch_json(spec)
-    raise LogahError(f"unknown target {str(spec)!r}: use one of {sorted(NAMED_TARGETS)} "
+    raise LogahError(f"unknown target {str(spec)!r}: use one of {sorted(named)} "
                      f"or the path of an architecture .json file")
 
 

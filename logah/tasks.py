@@ -12,6 +12,7 @@ gives every rank the same data).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -83,6 +84,16 @@ class ImageClassification(_Task):
         super().__init__(train, val, data, seed=seed, rank=rank, world_size=world_size)
         self.num_classes = train.num_classes
 
+    @property
+    def num_outputs(self) -> int:
+        """Width of the classifier the data needs (what a transfer compares)."""
+        return self.num_classes
+
+    def fit(self, arch: Arch) -> Arch:
+        """``arch`` with the classifier this dataset needs (its image size is resampled to)."""
+        self.check(arch)
+        return dataclasses.replace(arch, num_classes=self.num_classes)
+
     def check(self, arch: Arch) -> None:
         if not isinstance(arch, ViTArch):
             raise LogahError(f"dataset {self.data.dataset} is an image dataset; target is {arch.family}")
@@ -131,6 +142,15 @@ class LanguageModeling(_Task):
         val = load_text_dataset(data.dataset, "val", tokenizer=tokenizer, block_size=data.block_size)
         super().__init__(train, val, data, seed=seed, rank=rank, world_size=world_size)
         self.vocab_size = len(tokenizer)
+
+    @property
+    def num_outputs(self) -> int:
+        return self.vocab_size
+
+    def fit(self, arch: Arch) -> Arch:
+        """``arch`` itself: the constructor already checked its vocabulary and context."""
+        self.check(arch)
+        return arch
 
     def check(self, arch: Arch) -> None:
         if not isinstance(arch, GPT2Arch):

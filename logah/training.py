@@ -44,7 +44,7 @@ from tqdm import tqdm
 from logah.archs import get_space, sample_archs, space_from_dict, space_to_dict
 from logah.checkpoint import write_ghn_files
 from logah.errors import LogahError
-from logah.io import atomic_write_text, write_json
+from logah.io import atomic_dir, atomic_file, atomic_write_text, config_from_record, write_json
 from logah.ghn import GHN, GHNConfig, build_ghn
 from logah.graph import Graph, graph_of
 from logah.presets import get_preset
@@ -98,18 +98,8 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, record: dict) -> "TrainConfig":
-        record = dict(record)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(record) - known)
-        if unknown:
-            raise LogahError(f"train config: unknown fields {unknown}")
-        if "ghn" in record:
-            record["ghn"] = GHNConfig.from_dict(record["ghn"])
-        if "data" in record:
-            record["data"] = DataConfig(**record["data"])
-        config = cls(**record)
-        config.validate()
-        return config
+        return config_from_record(cls, record, "train config", ghn=GHNConfig.from_dict,
+                                  data=lambda r: config_from_record(DataConfig, r, "data config"))
 
 
 def lr_factor(step: int, warmup: int, total: int) -> float:
@@ -120,7 +110,7 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def _step_seed(seed: int, rank: int, step: int) -> int:
+def step_seed(seed: int, rank: int, step: int) -> int:
     return int(np.random.SeedSequence([seed, rank, step]).generate_state(1)[0])
 
 
@@ -182,7 +172,7 @@ class GHNTrainer:
     # --- one step ----------------------------------------------------------------------------
     def train_step(self) -> dict:
         config, step = self.config, self.step
-        torch.manual_seed(_step_seed(config.seed, self.rank, step))
+        torch.manual_seed(step_seed(config.seed, self.rank, step))
         archs = self.meta_batch(step)
         x, y = self.task.batch(step, self.device)
         self.ghn.train()
@@ -228,7 +218,8 @@ class GHNTrainer:
     def write_checkpoint(self, folder: Path) -> None:
         """GHN files (``logah predict --ghn`` reads them), training state and metric history."""
         metadata = {"step": self.step, "trained_on": {"space": self.config.space["name"],
-                                                      "dataset": self.config.data.dataset}}
+                                                      "dataset": self.config.data.dataset,
+                                                      "num_outputs": self.task.num_outputs}}
         write_ghn_files(self.predicting_ghn(), folder, metadata)
         state = {"step": self.step, "skipped": self.skipped,
                  "ghn": self.ghn.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -286,7 +277,10 @@ class GHNTrainer:
                 metrics.update(self._rank_agreement())
             self.history.append(metrics)
             bar.set_postfix(loss=f"{metrics['loss']:.3f}")
-            self._report(report, metrics, checkpoint)
+            if checkpoint:
+                report_with_checkpoint(report, metrics, self.write_checkpoint, self.rank == 0)
+            else:
+                report(metrics, None)
             window_start, window_steps, losses = time.perf_counter(), 0, []
         bar.close()
         return self.history
@@ -304,59 +298,79 @@ class GHNTrainer:
                 "ranks_shared_samples": len(set.intersection(*samples)),
                 "ranks_archs": [draw["archs"] for _, draw in views]}
 
-    def _report(self, report: Reporter, metrics: dict, checkpoint: bool) -> None:
-        if not checkpoint:
-            report(metrics, None)
-            return
-        folder = Path(tempfile.mkdtemp(prefix="logah-ckpt-"))
-        try:
-            if self.rank == 0:
-                self.write_checkpoint(folder)
-            report(metrics, folder if self.rank == 0 else None)
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
+def report_with_checkpoint(report: Reporter, metrics: dict, write: Callable[[Path], None],
+                           writer: bool) -> None:
+    """Report ``metrics`` with a checkpoint that ``write`` fills in a temporary folder (only on
+    the writing rank; Ray Train keeps rank 0's), removed once the reporter has copied it."""
+    folder = Path(tempfile.mkdtemp(prefix="logah-ckpt-"))
+    try:
+        if writer:
+            write(folder)
+        report(metrics, folder if writer else None)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 class LocalReporter:
-    """Report function for runs without Ray: metrics to ``metrics.jsonl``, checkpoint to
-    ``out/checkpoint`` (replaced atomically), and the GHN files into ``out`` itself, so the
-    output folder is what ``logah predict --ghn`` accepts."""
+    """Report function for runs without Ray: metrics appended to ``out/metrics.jsonl`` and each
+    checkpoint handed to ``export`` (which leaves the run's usable output in ``out``)."""
 
-    def __init__(self, out: Path):
-        self.out = Path(out)
+    def __init__(self, out: Path, export: Callable[[Path, Path], None],
+                 on_metrics: Callable[[dict], None] | None = None):
+        self.out, self.export, self.on_metrics = Path(out), export, on_metrics
         self.out.mkdir(parents=True, exist_ok=True)
 
     def __call__(self, metrics: dict, checkpoint: Path | None) -> None:
         with open(self.out / METRICS_FILE, "a") as f:
             f.write(json.dumps(metrics) + "\n")
         if checkpoint is not None:
-            export_checkpoint(checkpoint, self.out)
+            self.export(checkpoint, self.out)
+        if self.on_metrics is not None:   # after the export, so a caller may stop the run here
+            self.on_metrics(metrics)
+
+
+def copy_tree_atomic(source: Path, target: Path) -> None:
+    """Replace folder ``target`` by a copy of ``source`` (readers never see a partial copy)."""
+    with atomic_dir(target, overwrite=True) as tmp:
+        shutil.copytree(source, tmp, dirs_exist_ok=True)
 
 
 def export_checkpoint(checkpoint: Path, out: Path) -> None:
-    """Copy a training checkpoint to ``out/checkpoint`` and its GHN to ``out`` (both atomic)."""
+    """Copy a training checkpoint to ``out/checkpoint`` and its GHN to ``out``, so the output
+    folder is what ``logah predict --ghn`` accepts."""
     from logah.checkpoint import CONFIG_FILE as GHN_CONFIG, WEIGHTS_FILE
-    from logah.io import atomic_dir, atomic_file
 
-    with atomic_dir(out / "checkpoint", overwrite=True) as tmp:
-        for item in Path(checkpoint).iterdir():
-            shutil.copy2(item, tmp / item.name)
+    copy_tree_atomic(Path(checkpoint), out / "checkpoint")
     for name in (WEIGHTS_FILE, GHN_CONFIG):   # config last: its presence marks a complete GHN
         atomic_file(out / name, lambda tmp, n=name: shutil.copy2(out / "checkpoint" / n, tmp))
 
 
-def train_ghn(config: TrainConfig, out: str | Path, *, resume: bool = False,
-              device: str = "cpu", progress: bool = True) -> list[dict]:
-    """Train in this process (no Ray) and leave a GHN checkpoint folder at ``out``."""
+def run_local(make_trainer: Callable[["Path | None"], "GHNTrainer"], out: str | Path, *,
+              config_file: str, config: dict, export: Callable[[Path, Path], None],
+              resume: bool, progress: bool, on_metrics: Callable[[dict], None] | None = None):
+    """Run a trainer (GHN training or fine-tuning) in this process, writing to ``out``:
+    refuses to overwrite a run unless resuming, resumes from ``out/checkpoint``, passes every
+    metrics record to ``on_metrics``, and returns the trainer once its ``run`` has finished."""
     out = Path(out)
     checkpoint = out / "checkpoint"
     if out.exists() and any(out.iterdir()) and not resume:
         raise LogahError(f"output {out} already exists (use --resume to continue it)")
     if resume and not checkpoint.is_dir():
         raise LogahError(f"cannot resume: {checkpoint} does not exist")
-    trainer = GHNTrainer(config, device=device, resume_from=checkpoint if resume else None)
+    trainer = make_trainer(checkpoint if resume else None)
     out.mkdir(parents=True, exist_ok=True)
     # metrics logged after the last checkpoint of an interrupted run are dropped with it
     atomic_write_text(out / METRICS_FILE, "".join(json.dumps(m) + "\n" for m in trainer.history))
-    write_json(out / CONFIG_FILE, config.to_dict())
-    return trainer.run(LocalReporter(out), progress=progress)
+    write_json(out / config_file, config)
+    trainer.run(LocalReporter(out, export, on_metrics), progress=progress)
+    return trainer
+
+
+def train_ghn(config: TrainConfig, out: str | Path, *, resume: bool = False, device: str = "cpu",
+              progress: bool = True, on_metrics: Callable[[dict], None] | None = None) -> list[dict]:
+    """Train in this process (no Ray) and leave a GHN checkpoint folder at ``out``."""
+    trainer = run_local(lambda resume_from: GHNTrainer(config, device=device, resume_from=resume_from),
+                        out, config_file=CONFIG_FILE, config=config.to_dict(),
+                        export=export_checkpoint, resume=resume, progress=progress,
+                        on_metrics=on_metrics)
+    return trainer.history

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from logah.checkpoint import load_ghn
-from logah.distributed import RUN_NAME, train_ghn_ray
+from logah.distributed import RUN_NAME, finetune_ray, train_ghn_ray
 from test_training import tiny_config
 
 pytestmark = pytest.mark.ray
@@ -72,3 +72,19 @@ def test_killed_worker_restarts_from_last_checkpoint(ray_local, tmp_path):
     assert result.error is None
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").open()]
     assert steps[-1] == 40
+
+
+def test_two_workers_fine_tune_with_the_same_code(ray_local, tmp_path):
+    from logah.finetune import finetune, load_finetuned
+    from test_finetune import ft_config
+
+    config = ft_config("vit", init="orthogonal", steps=4, eval_every=2)
+    result = finetune_ray(config, tmp_path / "ray", workers=2)
+    assert result.error is None
+    summary = json.loads((tmp_path / "ray" / "summary.json").read_text())
+    assert summary["steps"] == 4 and summary["zero_shot_val_accuracy"] is not None
+    _, model = load_finetuned(tmp_path / "ray")
+    # 2 ranks x batch b on disjoint shards: not the single-process run, but the same start
+    single = finetune(config, tmp_path / "one", progress=False)
+    assert single["zero_shot_val_accuracy"] == summary["zero_shot_val_accuracy"]
+    assert sum(p.numel() for p in model.parameters()) > 0

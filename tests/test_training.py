@@ -12,7 +12,8 @@ from logah.checkpoint import load_ghn
 from logah.errors import LogahError
 from logah.presets import get_preset
 from logah.tasks import DataConfig
-from logah.training import GHNTrainer, LocalReporter, TrainConfig, lr_factor, train_ghn
+from logah.training import (GHNTrainer, LocalReporter, TrainConfig, export_checkpoint, lr_factor,
+                            train_ghn)
 
 DIGITS = DataConfig(dataset="digits", batch_size=32, eval_batches=2)
 TINY_SPACE = space_to_dict(get_space("vits-cpu", image_size=16, patch_sizes=(4,), num_archs=8))
@@ -24,6 +25,15 @@ def tiny_config(**overrides) -> TrainConfig:
     return TrainConfig(**{**base, **overrides})
 
 
+def dies_after_first_checkpoint(reporter):
+    """A reporter that passes records on, then interrupts the run right after its first checkpoint."""
+    def report(metrics, checkpoint):
+        reporter(metrics, checkpoint)
+        if checkpoint is not None:
+            raise KeyboardInterrupt
+    return report
+
+
 def test_lr_schedule_warms_up_then_decays():
     values = [lr_factor(s, 5, 50) for s in range(50)]
     assert values[0] == pytest.approx(0.2) and values[4] == pytest.approx(1.0)
@@ -33,15 +43,9 @@ def test_lr_schedule_warms_up_then_decays():
 def test_resume_reproduces_an_uninterrupted_run(tmp_path):
     config = tiny_config()
     train_ghn(config, tmp_path / "full", progress=False)
-    reporter = LocalReporter(tmp_path / "split")
-
-    def interrupted(metrics, checkpoint):   # the run dies right after its first checkpoint
-        reporter(metrics, checkpoint)
-        if checkpoint is not None:
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
-        GHNTrainer(config).run(interrupted, progress=False)
+        GHNTrainer(config).run(dies_after_first_checkpoint(
+            LocalReporter(tmp_path / "split", export_checkpoint)), progress=False)
     train_ghn(config, tmp_path / "split", resume=True, progress=False)
     full, split = load_ghn(tmp_path / "full"), load_ghn(tmp_path / "split")
     for (name, a), (_, b) in zip(full.state_dict().items(), split.state_dict().items()):

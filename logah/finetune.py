@@ -1,0 +1,289 @@
+"""Fine-tuning a target ViT or GPT-2 from a chosen initialisation (DESIGN.md §3.5).
+
+    logah finetune --target vit-cpu-target --init logah --ghn runs/ghn --data fashion-mnist \\
+        --preset vit-cpu --out runs/ft
+
+The target starts from ``logah.inits`` (``random``, ``orthogonal``, ``ghn3``, ``logah`` or a
+predicted-parameters folder) and is trained on a task of ``logah.tasks``; its classifier is
+sized for the data (transfer from a GHN trained on other data re-initialises it). Metrics:
+
+* step 0, before any update: the zero-shot metric of the initialisation (``zero_shot: true``);
+* every ``eval_every`` steps and at the end: mean train loss since the last report, validation
+  metric (``val_accuracy`` or ``val_perplexity``) and loss, learning rate, elapsed time.
+
+The run is the same object on one process and on Ray Train workers (``logah.distributed``): under
+an initialised process group the model is wrapped in DDP and each rank reads its own shard. As
+for GHN training, everything random is a function of (seed, rank, step), and a checkpoint (model,
+optimizer, scheduler, step, metric history) lets an interrupted run resume to the same result.
+The fine-tuned weights are saved in the ``logah predict`` layout, under ``OUT/model``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Literal
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from logah.errors import LogahError
+from logah.inits import initial_model
+from logah.io import config_from_record, read_json
+from logah.predict import load_predicted, save_prediction
+from logah.targets import Arch, GPT2Arch, arch_from_dict, forward
+from logah.tasks import DataConfig, make_task
+from logah.training import METRICS_FILE, Reporter, lr_factor, report_with_checkpoint, step_seed
+
+STATE_FILE = "finetune_state.pt"
+CONFIG_FILE = "finetune_config.json"
+SUMMARY_FILE = "summary.json"
+MODEL_DIR = "model"
+
+
+@dataclass(frozen=True, kw_only=True)
+class FinetuneConfig:
+    """One fine-tuning run. Optimisation settings come from ``FINETUNE_PRESETS``."""
+
+    target: dict                       # architecture record (``arch_to_dict``)
+    init: str = "random"               # random | orthogonal | ghn3 | logah | predicted folder
+    ghn: str | None = None             # GHN checkpoint folder for the ghn3 / logah inits
+    data: DataConfig = field(default_factory=DataConfig)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = 0.02
+    momentum: float = 0.9              # SGD only
+    weight_decay: float = 1e-2
+    warmup_steps: int = 0
+    steps: int = 300
+    grad_clip: float = 1.0             # 0: no clipping
+    amp: bool = True                   # bf16 autocast on GPU (no effect on CPU)
+    eval_every: int = 100
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "target", json.loads(json.dumps(self.target)))
+
+    @property
+    def arch(self):
+        return arch_from_dict(self.target)
+
+    def validate(self) -> None:
+        self.arch.validate()
+        for name in ("steps", "eval_every"):
+            if getattr(self, name) <= 0:
+                raise LogahError(f"finetune config: {name} must be positive, got {getattr(self, name)}")
+        if self.lr <= 0 or self.weight_decay < 0 or self.grad_clip < 0 or self.warmup_steps < 0:
+            raise LogahError("finetune config: lr must be positive; weight_decay, grad_clip and "
+                             "warmup_steps non-negative")
+        if self.optimizer not in ("sgd", "adamw"):
+            raise LogahError(f"finetune config: optimizer must be sgd or adamw, got {self.optimizer!r}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, record: dict) -> "FinetuneConfig":
+        return config_from_record(cls, record, "finetune config", data=lambda r: config_from_record(DataConfig, r, "data config"))
+
+
+# Optimisation settings. ``*-paper``: DESIGN.md §3.5 (ViT: SGD, momentum 0.9, wd 1e-2, cosine,
+# 100 CIFAR epochs, lr from a grid; GPT-2: AdamW lr 3e-6, wd 1e-2, 500 warm-up steps).
+# ``*-cpu``: a few hundred steps on 2 cores; GPT-2 needs a far larger lr to move in that budget.
+FINETUNE_PRESETS: dict[str, dict] = {
+    "vit-paper": dict(optimizer="sgd", lr=0.02, momentum=0.9, weight_decay=1e-2,
+                      warmup_steps=0, steps=78_200, grad_clip=1.0, eval_every=782),
+    "gpt2-paper": dict(optimizer="adamw", lr=3e-6, weight_decay=1e-2, warmup_steps=500,
+                       steps=10_000, grad_clip=1.0, eval_every=500),
+    "vit-cpu": dict(optimizer="sgd", lr=0.02, momentum=0.9, weight_decay=1e-2,
+                    warmup_steps=10, steps=300, grad_clip=1.0, eval_every=100),
+    "gpt2-cpu": dict(optimizer="adamw", lr=5e-4, weight_decay=1e-2, warmup_steps=30,
+                     steps=300, grad_clip=1.0, eval_every=100),
+}
+
+
+def finetune_preset(name: str) -> dict:
+    if name not in FINETUNE_PRESETS:
+        raise LogahError(f"unknown fine-tuning preset {name!r}: use one of {sorted(FINETUNE_PRESETS)}")
+    return dict(FINETUNE_PRESETS[name])
+
+
+class Finetuner:
+    """State of one rank's fine-tuning run; ``run`` does the steps."""
+
+    def __init__(self, config: FinetuneConfig, *, rank: int = 0, world_size: int = 1,
+                 device: str | torch.device = "cpu", resume_from: Path | None = None):
+        config.validate()
+        self.config, self.rank, self.world_size = config, rank, world_size
+        self.device = torch.device(device)
+        self.task = make_task(config.arch, config.data, seed=config.seed, rank=rank,
+                              world_size=world_size)
+        self.arch = self.task.fit(config.arch)
+        self.net = initial_model(self.arch, config.init, ghn=config.ghn, seed=config.seed,
+                                 device=self.device)
+        params = list(self.net.parameters())
+        if config.optimizer == "sgd":
+            self.optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
+                                             weight_decay=config.weight_decay)
+        else:
+            self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, config.warmup_steps, config.steps))
+        self.step, self.skipped, self.history = 0, 0, []
+        self.elapsed = 0.0
+        if resume_from is not None:
+            self._load_state(resume_from)
+        self.model = self.net
+        if world_size > 1 and dist.is_available() and dist.is_initialized():
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = DistributedDataParallel(self.net, device_ids=ids)
+
+    def _autocast(self):
+        enabled = self.config.amp and self.device.type == "cuda"
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+    @property
+    def metric(self) -> str:
+        return target_metric(self.arch)[0]
+
+    def train_step(self) -> float:
+        config, step = self.config, self.step
+        torch.manual_seed(step_seed(config.seed, self.rank, step))
+        x, y = self.task.batch(step, self.device)
+        self.model.train()
+        with self._autocast():
+            loss = self.task.loss(forward(self.model, self.arch, x), y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip:
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), config.grad_clip)
+        else:
+            grad_norm = torch.stack([p.grad.norm() for p in self.net.parameters()
+                                     if p.grad is not None]).norm()
+        if bool(torch.isfinite(grad_norm)) and bool(torch.isfinite(loss)):
+            self.optimizer.step()
+        else:
+            self.skipped += 1
+        self.scheduler.step()
+        self.step += 1
+        return loss.item()
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        self.net.eval()
+        with self._autocast():
+            scores = self.task.evaluate(lambda x: forward(self.net, self.arch, x), self.device)
+        return {f"val_{k}": v for k, v in scores.items()}
+
+    # --- state -------------------------------------------------------------------------------
+    def write_checkpoint(self, folder: Path) -> None:
+        """Fine-tuned weights (``logah predict`` layout), training state and metric history."""
+        params = {k: v.detach().cpu() for k, v in self.net.state_dict().items()}
+        save_prediction(self.arch, params, folder / MODEL_DIR)
+        torch.save({"step": self.step, "skipped": self.skipped, "elapsed": self.elapsed,
+                    "model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
+                    "scheduler": self.scheduler.state_dict()}, folder / STATE_FILE)
+        (folder / METRICS_FILE).write_text("".join(json.dumps(m) + "\n" for m in self.history))
+        (folder / CONFIG_FILE).write_text(json.dumps(self.config.to_dict(), indent=2))
+
+    def _load_state(self, folder: Path) -> None:
+        saved = read_json(folder / CONFIG_FILE, "fine-tuning config")
+        if FinetuneConfig.from_dict(saved) != self.config:
+            raise LogahError(f"cannot resume from {folder}: it was fine-tuned with another config")
+        try:
+            state = torch.load(folder / STATE_FILE, map_location=self.device, weights_only=True)
+            self.net.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+        except FileNotFoundError:
+            raise LogahError(f"cannot resume: {folder / STATE_FILE} not found") from None
+        except Exception as err:   # corrupt pickle or mismatched state: several torch error types
+            raise LogahError(f"cannot resume from {folder}: {STATE_FILE} unusable ({err})") from None
+        self.step, self.skipped, self.elapsed = state["step"], state["skipped"], state["elapsed"]
+        lines = (folder / METRICS_FILE).read_text().splitlines()
+        self.history = [json.loads(line) for line in lines if line.strip()]
+
+    # --- the loop ----------------------------------------------------------------------------
+    def run(self, report: Reporter, progress: bool = True) -> list[dict]:
+        config = self.config
+        if self.step == 0 and not self.history:
+            self._log(report, {"step": 0, "zero_shot": True, **self.evaluate()}, checkpoint=False)
+        bar = tqdm(total=config.steps, initial=self.step, disable=not progress or self.rank != 0,
+                   desc=f"fine-tune ({config.init})", dynamic_ncols=True)
+        losses, start = [], time.perf_counter()
+        while self.step < config.steps:
+            losses.append(self.train_step())
+            bar.update(1)
+            if self.step % config.eval_every and self.step != config.steps:
+                continue
+            self.elapsed += time.perf_counter() - start
+            metrics = {"step": self.step, "train_loss": float(np.nanmean(losses)),
+                       **self.evaluate(), "lr": self.scheduler.get_last_lr()[0],
+                       "skipped_steps": self.skipped, "time_s": self.elapsed}
+            bar.set_postfix({self.metric: f"{metrics[self.metric]:.4g}"})
+            self._log(report, metrics, checkpoint=True)
+            losses, start = [], time.perf_counter()
+        bar.close()
+        return self.history
+
+    def _log(self, report: Reporter, metrics: dict, checkpoint: bool) -> None:
+        self.history.append(metrics)
+        if checkpoint:
+            report_with_checkpoint(report, metrics, self.write_checkpoint, self.rank == 0)
+        else:
+            report(metrics, None)
+
+
+def target_metric(arch: Arch) -> tuple[str, str]:
+    """The validation metric reported for ``arch`` and whether higher ("max") is better."""
+    return ("val_perplexity", "min") if isinstance(arch, GPT2Arch) else ("val_accuracy", "max")
+
+
+def summarize(history: list[dict], metric: str, mode: str) -> dict:
+    """Zero-shot, best and final values of ``metric`` in a fine-tuning history."""
+    pick = max if mode == "max" else min
+    values = [m[metric] for m in history if metric in m]
+    zero = [m[metric] for m in history if m.get("zero_shot")]
+    return {"metric": metric, f"zero_shot_{metric}": zero[0] if zero else None,
+            f"best_{metric}": pick(values), f"final_{metric}": values[-1],
+            "steps": history[-1]["step"], "time_s": history[-1].get("time_s", 0.0)}
+
+
+def export_finetuned(checkpoint: Path, out: Path) -> None:
+    """Copy a fine-tuning checkpoint to ``out/checkpoint`` and its weights to ``out/model``."""
+    from logah.training import copy_tree_atomic
+
+    copy_tree_atomic(checkpoint, out / "checkpoint")
+    copy_tree_atomic(out / "checkpoint" / MODEL_DIR, out / MODEL_DIR)
+
+
+def finetune(config: FinetuneConfig, out: str | Path, *, resume: bool = False, device: str = "cpu",
+             progress: bool = True, on_metrics: Callable[[dict], None] | None = None) -> dict:
+    """Fine-tune in this process (no Ray); returns the summary also written to ``out/summary.json``."""
+    from logah.training import run_local
+
+    trainer = run_local(
+        lambda resume_from: Finetuner(config, device=device, resume_from=resume_from),
+        out, config_file=CONFIG_FILE, config=config.to_dict(), export=export_finetuned,
+        resume=resume, progress=progress, on_metrics=on_metrics)
+    return write_summary(trainer.history, out, *target_metric(trainer.arch))
+
+
+def write_summary(history: list[dict], out: str | Path, metric: str, mode: str) -> dict:
+    from logah.io import write_json
+
+    summary = summarize(history, metric, mode)
+    write_json(Path(out) / SUMMARY_FILE, summary)
+    return summary
+
+
+def load_finetuned(out: str | Path):
+    """The architecture and module a fine-tuning run left in ``out``."""
+    return load_predicted(Path(out) / MODEL_DIR)
+

@@ -1,0 +1,168 @@
+"""Fine-tuning from every init, transfer across datasets, resumption, trials, the CLI."""
+
+import dataclasses
+import json
+import math
+
+import pytest
+import torch
+
+from conftest import SMALL_VIT
+from logah.archs import get_space, space_to_dict
+from logah.cli import main
+from logah.errors import LogahError
+from logah.finetune import FinetuneConfig, Finetuner, export_finetuned, finetune, load_finetuned
+from logah.inits import INIT_KINDS, initial_model
+from logah.predict import predict_params
+from logah.checkpoint import load_ghn
+from logah.presets import get_preset
+from logah.targets import GPT2Arch, arch_to_dict
+from logah.tasks import DataConfig
+from logah.training import LocalReporter, train_ghn
+from logah.trial import TrialConfig, load_trial, run_trial
+from test_training import DIGITS, dies_after_first_checkpoint, tiny_config
+
+TINY_GPT = GPT2Arch(n_layer=2, n_embd=32, n_head=2, vocab_size=1024, n_positions=64)
+TEXT = DataConfig(dataset="shakespeare", batch_size=4, block_size=32, vocab_size=1024,
+                  eval_batches=2)
+TINY_GPT_SPACE = space_to_dict(get_space("gpts-cpu", vocab_size=1024, n_positions=64, num_archs=4))
+TIME_KEYS = {"time_s", "steps_per_s", "archs_per_s", "samples_per_s", "ghn_steps_per_s",
+             "ghn_archs_per_s", "ghn_samples_per_s"}
+
+
+def ft_config(family: str, **overrides) -> FinetuneConfig:
+    target, data = (SMALL_VIT, DIGITS) if family == "vit" else (TINY_GPT, TEXT)
+    base = dict(target=arch_to_dict(target), data=data, steps=4, eval_every=2, warmup_steps=1,
+                optimizer="sgd" if family == "vit" else "adamw", lr=0.01 if family == "vit" else 1e-3)
+    return FinetuneConfig(**{**base, **overrides})
+
+
+@pytest.fixture(scope="module")
+def ghns(tmp_path_factory):
+    """Briefly trained GHN checkpoints: (family, decoder) -> folder."""
+    root, folders = tmp_path_factory.mktemp("ghns"), {}
+    for preset in ("logah-test", "ghn3-test"):
+        decoder = get_preset(preset).decoder
+        folders["vit", decoder] = root / f"vit-{preset}"
+        train_ghn(tiny_config(ghn=get_preset(preset), steps=2, checkpoint_every=2),
+                  folders["vit", decoder], progress=False)
+        folders["gpt2", decoder] = root / f"gpt2-{preset}"
+        train_ghn(tiny_config(ghn=get_preset(preset), steps=2, checkpoint_every=2,
+                              space=TINY_GPT_SPACE, data=TEXT), folders["gpt2", decoder],
+                  progress=False)
+    return folders
+
+
+@pytest.mark.parametrize("family", ["vit", "gpt2"])
+@pytest.mark.parametrize("init", INIT_KINDS)
+def test_every_init_fine_tunes_with_finite_metrics(family, init, ghns, tmp_path):
+    decoder = {"ghn3": "tiled", "logah": "low-rank"}.get(init)
+    config = ft_config(family, init=init, ghn=str(ghns[family, decoder]) if decoder else None)
+    summary = finetune(config, tmp_path / "run", progress=False)
+    history = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    assert [m["step"] for m in history] == [0, 2, 4] and history[0]["zero_shot"]
+    assert all(math.isfinite(v) for m in history for v in m.values() if isinstance(v, float))
+    metric = "val_accuracy" if family == "vit" else "val_perplexity"
+    assert summary["metric"] == metric and summary["final_" + metric] == history[-1][metric]
+    zero_shot = summary["zero_shot_" + metric]
+    if init == "random" and family == "vit":       # 10 classes: chance is 0.1
+        assert zero_shot < 0.2
+    if init == "random" and family == "gpt2":      # an untrained LM is near-uniform over tokens
+        assert 0.7 * TINY_GPT.vocab_size < zero_shot < 1.3 * TINY_GPT.vocab_size
+    arch, model = load_finetuned(tmp_path / "run")
+    assert sum(p.numel() for p in model.parameters()) > 0 and arch.family == family
+
+
+def test_orthogonal_init_gives_orthonormal_weight_matrices():
+    model = initial_model(SMALL_VIT, "orthogonal", seed=3)
+    weight = dict(model.named_parameters())["encoder.layers.encoder_layer_0.mlp.0.weight"]
+    rows, cols = weight.shape              # 64 x 32: orthonormal columns
+    torch.testing.assert_close(weight.t() @ weight, torch.eye(cols), atol=1e-5, rtol=0)
+    random = initial_model(SMALL_VIT, "random", seed=3)
+    assert not torch.allclose(dict(random.named_parameters())["encoder.layers.encoder_layer_0.mlp.0.weight"],
+                              weight)
+
+
+def test_ghn_init_holds_the_predicted_parameters(ghns):
+    folder = ghns["vit", "low-rank"]
+    model = initial_model(SMALL_VIT, "logah", ghn=folder)
+    predicted = predict_params(load_ghn(folder), SMALL_VIT)
+    for name, param in model.named_parameters():
+        assert param.requires_grad
+        torch.testing.assert_close(param.detach(), predicted[name], msg=name)
+    with pytest.raises(LogahError, match="needs the tiled one"):
+        initial_model(SMALL_VIT, "ghn3", ghn=folder)
+
+
+def test_transfer_to_a_dataset_with_more_classes_reinitialises_the_classifier(ghns, tmp_path):
+    """A GHN trained on digits (10 classes) initialises a ViT for CIFAR-100 (100 classes)."""
+    data = DataConfig(dataset="cifar100-sample", batch_size=8, eval_batches=1)
+    config = ft_config("vit", init="logah", ghn=str(ghns["vit", "low-rank"]), data=data)
+    trainer = Finetuner(config)
+    assert trainer.arch.num_classes == 100
+    predicted = predict_params(load_ghn(ghns["vit", "low-rank"]), trainer.arch)
+    params = dict(trainer.net.named_parameters())
+    assert torch.count_nonzero(params["heads.head.weight"]) == 0     # torchvision's default head
+    torch.testing.assert_close(params["conv_proj.weight"].detach(), predicted["conv_proj.weight"])
+    summary = finetune(config, tmp_path / "run", progress=False)
+    assert math.isfinite(summary["final_val_accuracy"])
+
+
+def test_resumed_fine_tuning_reproduces_an_uninterrupted_run(tmp_path):
+    config = ft_config("vit", init="orthogonal", steps=6, eval_every=3)
+    finetune(config, tmp_path / "full", progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        Finetuner(config).run(dies_after_first_checkpoint(
+            LocalReporter(tmp_path / "split", export_finetuned)), progress=False)
+    finetune(config, tmp_path / "split", resume=True, progress=False)
+    (_, full), (_, split) = load_finetuned(tmp_path / "full"), load_finetuned(tmp_path / "split")
+    for (name, a), (_, b) in zip(full.state_dict().items(), split.state_dict().items()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def _without_times(records: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in TIME_KEYS} for r in records]
+
+
+def test_trial_is_deterministic_under_its_seed(tmp_path):
+    config = TrialConfig(ghn_training=tiny_config(steps=3, checkpoint_every=3),
+                         finetune=ft_config("vit", init="logah"), seed=5)
+    runs = []
+    for name in ("a", "b"):
+        records = []
+        summary = run_trial(config, tmp_path / name, report=records.append)
+        runs.append((_without_times(records), {k: v for k, v in summary.items() if k not in TIME_KEYS}))
+    assert runs[0] == runs[1]
+    records, summary = runs[0]
+    assert {r["phase"] for r in records} == {"ghn", "finetune"}
+    assert summary["seed"] == 5 and "ghn_heldout_accuracy" in summary
+    assert load_trial(tmp_path / "a")["summary"]["final_val_accuracy"] == summary["final_val_accuracy"]
+    other = run_trial(dataclasses.replace(config, seed=6), tmp_path / "c")
+    assert other["final_val_accuracy"] != summary["final_val_accuracy"] or \
+        other["zero_shot_val_accuracy"] != summary["zero_shot_val_accuracy"]
+
+
+def test_trial_with_a_baseline_init_trains_no_ghn(tmp_path):
+    summary = run_trial(TrialConfig(finetune=ft_config("vit", init="random")), tmp_path / "t")
+    assert not (tmp_path / "t" / "ghn").exists() and "final_val_accuracy" in summary
+    with pytest.raises(LogahError, match="low-rank decoder"):
+        run_trial(TrialConfig(ghn_training=tiny_config(ghn=get_preset("ghn3-test")),
+                              finetune=ft_config("vit", init="logah")), tmp_path / "bad")
+
+
+def test_cli_finetune_writes_metrics_and_weights(ghns, tmp_path, capsys):
+    out = tmp_path / "ft"
+    assert main(["finetune", "--target", "vit-cpu-target", "--init", "logah", "--ghn",
+                 str(ghns["vit", "low-rank"]), "--data", "digits", "--steps", "2",
+                 "--eval-every", "1", "--eval-batches", "1", "--batch-size", "16",
+                 "--out", str(out)]) == 0
+    assert "final_val_accuracy" in capsys.readouterr().out
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 3
+    arch, _ = load_finetuned(out)
+    assert arch.hidden_dim == 96 and arch.num_classes == 10
+    bad = tmp_path / "bad"
+    assert main(["finetune", "--target", "vit-cpu-target", "--init", "logah", "--out", str(bad)]) == 2
+    assert main(["finetune", "--target", "nope", "--out", str(bad)]) == 2
+    assert main(["finetune", "--target", "gpt2-cpu-target", "--data", "digits",
+                 "--out", str(bad)]) == 2
+    assert not bad.exists()
