@@ -7,8 +7,8 @@ training output folder and evaluates them, with no fine-tuning, on the first 102
 test images. Prints a markdown table (see results/ghn_training.md).
 """
 
+import argparse
 import os
-import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -17,11 +17,10 @@ from logah.predict import bound_forward, predict_params  # noqa: E402
 from logah.targets import ViTArch, build_model  # noqa: E402
 from logah.tasks import DataConfig, make_task  # noqa: E402
 
-SHAPES = [(4, 48), (4, 64), (6, 64), (4, 96), (2, 96), (6, 96)]
+SHAPES = [(4, 48), (4, 64), (6, 64), (4, 96), (2, 96), (6, 96), (8, 128)]
 
 
-def main(run: str) -> None:
-    ghn = load_ghn(run)
+def accuracies(ghn) -> list[str]:
     data = DataConfig(dataset="fashion-mnist", eval_split="test", eval_batches=8, batch_size=128)
     cells = []
     for depth, width in SHAPES:
@@ -31,10 +30,17 @@ def main(run: str) -> None:
         params, model = predict_params(ghn, arch), build_model(arch).eval()
         accuracy = task.evaluate(lambda x: bound_forward(model, params, arch, x), "cpu")["accuracy"]
         cells.append(f"{100 * accuracy:.1f}%")
+    return cells
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("run", help="a logah train-ghn output folder")
+    args = parser.parse_args()
     print("| depth × width | " + " | ".join(f"{d} × {w}" for d, w in SHAPES) + " |")
     print("|---" * (len(SHAPES) + 1) + "|")
-    print("| accuracy | " + " | ".join(cells) + " |")
+    print("| accuracy | " + " | ".join(accuracies(load_ghn(args.run))) + " |")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main()

@@ -2,8 +2,9 @@
 
     .venv/bin/python benchmarks/init_comparison.py --ghns runs/bench5 --out runs/bench5/ft
 
-``--ghns`` holds four trained GHN folders, ``ghn-{logah,ghn3}-{vit,gpt}`` (the commands that
-train them are in ``results/init_comparison.md``). For each task (ViT target on Fashion-MNIST,
+``--ghns`` holds the trained GHN folders ``ghn-{logah,ghn3,logahgrid}-{vit,gpt}`` (the commands
+that train them are in ``results/init_comparison.md``; ``logahgrid`` is the ``logah-cpu-grid``
+preset, an option of this project rather than the paper's decoder). For each task (ViT target on Fashion-MNIST,
 GPT-2 target on Shakespeare, both wider and deeper than the GHNs' training space), each init and
 each seed, one trial (``logah.trial.run_trial`` with the given GHN) fine-tunes the target and
 reports the zero-shot and fine-tuned validation metric. Finished trials are skipped, so an
@@ -28,7 +29,10 @@ from logah.targets import arch_to_dict  # noqa: E402
 from logah.tasks import DataConfig  # noqa: E402
 from logah.trial import TrialConfig, run_trial  # noqa: E402
 
-INITS = ("random", "orthogonal", "ghn3", "logah")
+# table row -> (init kind, GHN folder prefix or None)
+VARIANTS = {"random": ("random", None), "orthogonal": ("orthogonal", None),
+            "ghn3": ("ghn3", "ghn3"), "logah": ("logah", "logah"),
+            "logah-grid": ("logah", "logahgrid")}
 TASKS = {
     "vit": dict(target="vit-cpu-target", preset="vit-cpu", metric="val_accuracy",
                 data=DataConfig(dataset="fashion-mnist", batch_size=64, eval_split="test",
@@ -38,10 +42,11 @@ TASKS = {
 }
 
 
-def trial_config(task: str, init: str, seed: int, steps: int, ghns: Path) -> TrialConfig:
+def trial_config(task: str, variant: str, seed: int, steps: int, ghns: Path) -> TrialConfig:
     spec = TASKS[task]
     settings = {**finetune_preset(spec["preset"]), "steps": steps, "eval_every": max(1, steps // 4)}
-    ghn = str(ghns / f"ghn-{init}-{task}") if init in ("ghn3", "logah") else None
+    init, prefix = VARIANTS[variant]
+    ghn = str(ghns / f"ghn-{prefix}-{task}") if prefix else None
     tuning = FinetuneConfig(target=arch_to_dict(CPU_TARGETS[spec["target"]]), init=init,
                             data=spec["data"], **settings)
     return TrialConfig(finetune=tuning, ghn_checkpoint=ghn, seed=seed)
@@ -60,16 +65,17 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=200, help="fine-tuning steps")
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     args = parser.parse_args()
     summaries = []
     for task in args.tasks:
-        for init in INITS:
+        for variant in args.variants:
             for seed in args.seeds:
                 start = time.perf_counter()
-                summary = run_trial(trial_config(task, init, seed, args.steps, args.ghns),
-                                    args.out / f"{task}-{init}-{seed}")
-                summaries.append({"task": task, **summary})
-                print(f"{task} {init} seed {seed}: {json.dumps(summary)} "
+                summary = run_trial(trial_config(task, variant, seed, args.steps, args.ghns),
+                                    args.out / f"{task}-{variant}-{seed}")
+                summaries.append({"task": task, "variant": variant, **summary})
+                print(f"{task} {variant} seed {seed}: {json.dumps(summary)} "
                       f"({time.perf_counter() - start:.0f}s)", file=sys.stderr, flush=True)
     write_json(args.out / "summaries.json", {"steps": args.steps, "seeds": args.seeds,
                                              "trials": summaries})
@@ -78,11 +84,11 @@ def main() -> None:
     for task in args.tasks:
         metric = TASKS[task]["metric"]
         scale = 100.0 if metric == "val_accuracy" else 1.0
-        for init in INITS:
-            rows = [s for s in summaries if s["task"] == task and s["init"] == init]
+        for variant in args.variants:
+            rows = [s for s in summaries if s["task"] == task and s["variant"] == variant]
             cells = [mean_std([r[f"{kind}_{metric}"] for r in rows], scale)
                      for kind in ("zero_shot", "final", "best")]
-            print(f"| {task} ({metric}{', %' if scale == 100 else ''}) | {init} | " + " | ".join(cells) + " |")
+            print(f"| {task} ({metric}{', %' if scale == 100 else ''}) | {variant} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

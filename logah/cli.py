@@ -82,7 +82,8 @@ def _train_config(args: argparse.Namespace):
 
     overrides = {k: v for k, v in (("decoder", args.decoder), ("hidden", args.hidden),
                                    ("layers", args.layers), ("heads", args.heads),
-                                   ("rank", args.rank)) if v is not None}
+                                   ("rank", args.rank), ("unit_grid", args.unit_grid))
+                 if v is not None}
     ghn = dataclasses.replace(get_preset(args.ghn), **overrides)
     space = get_space(args.space)
     dataset = args.data or ("fashion-mnist" if space_to_dict(space)["family"] == "vit" else "shakespeare")
@@ -229,6 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", type=int)
     p.add_argument("--heads", type=int)
     p.add_argument("--rank", type=int)
+    p.add_argument("--unit-grid", type=int,
+                   help="low-rank: read factor rows at relative positions of a grid of this many "
+                        "rows (0: the paper's per-unit rows)")
     p.add_argument("--space", default="vits-cpu", help="architecture space (vits-cpu, gpts-1k, ...)")
     p.add_argument("--data", help="dataset (default: fashion-mnist for ViTs, shakespeare for GPT-2s)")
     p.add_argument("--tokenizer", default="bpe", help="text: bpe (trained, cached) or gpt2")

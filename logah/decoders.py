@@ -19,6 +19,17 @@ split-then-transpose (Aᵀ = P[:r]·Uᵀ): every weight matrix then shares the c
 whole target is confined to an r-dimensional subspace, and on Fashion-MNIST a GHN trained on a
 single ViT reached loss 2.01 in 300 steps where the paper's reshape reached 0.89 (70% accuracy).
 
+What the reshape implies: while m·r ≤ K, A's row k is U_k·p + u_k, where p is the first row of
+P's half and U_k the k-th r × r block of U. The GHN chooses only p (r numbers per factor); the
+per-unit blocks U_k are shared by every matrix. A target wider than every trained network uses
+blocks that training only saw in other roles (MLP hidden units, qkv rows), and its zero-shot
+quality drops (benchmarks/results/ghn_training.md).
+
+``unit_grid`` = G > 0 (an option, not the paper's): a factor of n rows reads the first G rows at
+relative positions t_k = (k + ½)·G/n − ½, linearly interpolated, so unit k of any width maps to
+the same fraction of the grid and every grid row is trained by every width. Rows are convex
+combinations of G rows, so rank(W) ≤ r still holds and widths above K need no pairing.
+
 Tensors wider than K (GPT-2's 50257-row embeddings with K = 32768, or any width above K): rows
 (or columns) i ≥ K are (A[a] + A[b]) / √2, where (a, b) is a fixed pair of rows of A, distinct
 for every extra row (a seeded permutation, shifted by one more position for every further block

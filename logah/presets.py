@@ -28,6 +28,10 @@ GHN_PRESETS: dict[str, GHNConfig] = {
     # and a smaller K makes wider targets read rows never trained (measured on vit-cpu-target
     # after 2000-3000 steps on vits-cpu: 10.2% test accuracy with K = 4096, 18.3% with K = 32768).
     "logah-cpu": GHNConfig(decoder="low-rank", layers=2, hidden=32, heads=4, rank=16, max_width=K_PAPER),
+    # logah-cpu with rows read at relative unit positions (not the paper's; logah.decoders):
+    # zero-shot on 6 × 96 ViTs from vits-cpu (width ≤ 64): 22.0% vs 11.3% (ghn_training.md)
+    "logah-cpu-grid": GHNConfig(decoder="low-rank", layers=2, hidden=32, heads=4, rank=16,
+                                max_width=K_PAPER, unit_grid=64),
     "ghn3-cpu": GHNConfig(decoder="tiled", layers=2, hidden=32, heads=4, spatial=4, num_classes=10),
     "logah-test": GHNConfig(decoder="low-rank", layers=1, hidden=16, heads=2, rank=4, max_width=1024),
     "ghn3-test": GHNConfig(decoder="tiled", layers=1, hidden=16, heads=2, spatial=4, num_classes=10),

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from conftest import SMALL_GPT, SMALL_VIT, TIED_GPT, WIDE_VIT
+from logah.decoders import DecodeTask, LowRankDecoder
+from logah.errors import LogahError
 from logah.ghn import GHNConfig, build_ghn
 from logah.graph import graph_of
 from logah.predict import bound_forward
@@ -122,3 +124,21 @@ def test_task_loss_gradients_reach_every_ghn_parameter(ghn):
     loss.backward()
     for name, p in ghn.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_unit_grid_reads_rows_at_relative_positions():
+    """With ``unit_grid`` G, a matrix of n rows reads the G grid rows at positions (k + ½)·G/n − ½:
+    G rows are the grid itself, 2G rows interpolate between neighbours, and any width works."""
+    decoder = LowRankDecoder(hidden=8, rank=4, max_width=64, unit_grid=8)
+    emb = torch.randn(1, 8)
+    narrow, wide = decoder(emb, [DecodeTask(row=0, shape=(8, 8, 1, 1)),
+                                 DecodeTask(row=0, shape=(16, 8, 1, 1))])
+    narrow, wide = narrow[:, :, 0, 0], wide[:, :, 0, 0]
+    torch.testing.assert_close(wide[0], narrow[0])                          # clamped at the edge
+    torch.testing.assert_close(wide[1], 0.75 * narrow[0] + 0.25 * narrow[1])
+    torch.testing.assert_close(wide[2], 0.25 * narrow[0] + 0.75 * narrow[1])
+    torch.testing.assert_close(wide[15], narrow[7])
+    odd = decoder(emb, [DecodeTask(row=0, shape=(300, 37, 1, 1))])[0][:, :, 0, 0]
+    assert odd.shape == (300, 37) and numerical_rank(odd) <= 4
+    with pytest.raises(LogahError, match="unit_grid"):
+        GHNConfig(decoder="low-rank", rank=16, max_width=64, unit_grid=8).validate()
