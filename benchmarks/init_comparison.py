@@ -42,9 +42,12 @@ TASKS = {
 }
 
 
-def trial_config(task: str, variant: str, seed: int, steps: int, ghns: Path) -> TrialConfig:
+def trial_config(task: str, variant: str, seed: int, steps: int, ghns: Path,
+                 lr: float | None = None) -> TrialConfig:
     spec = TASKS[task]
     settings = {**finetune_preset(spec["preset"]), "steps": steps, "eval_every": max(1, steps // 4)}
+    if lr is not None:
+        settings["lr"] = lr
     init, prefix = VARIANTS[variant]
     ghn = str(ghns / f"ghn-{prefix}-{task}") if prefix else None
     tuning = FinetuneConfig(target=arch_to_dict(CPU_TARGETS[spec["target"]]), init=init,
@@ -66,13 +69,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200, help="fine-tuning steps")
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--lr", type=float, help="fine-tuning lr (default: the task's CPU preset)")
     args = parser.parse_args()
     summaries = []
     for task in args.tasks:
         for variant in args.variants:
             for seed in args.seeds:
                 start = time.perf_counter()
-                summary = run_trial(trial_config(task, variant, seed, args.steps, args.ghns),
+                summary = run_trial(trial_config(task, variant, seed, args.steps, args.ghns, args.lr),
                                     args.out / f"{task}-{variant}-{seed}")
                 summaries.append({"task": task, "variant": variant, **summary})
                 print(f"{task} {variant} seed {seed}: {json.dumps(summary)} "

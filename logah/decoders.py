@@ -69,6 +69,7 @@ class DecodeTask:
     scale: float = 1.0             # multiplies the result; folded into a small factor, not the tensor
     normalize: bool = False        # rescale the raw matrix to unit RMS before ``scale`` (weights)
     transposed: bool = False       # return a 2-D weight as (C_in, C_out), its stored layout (HF Conv1D)
+    identity_rows: bool = False    # rows are tokens, positions or classes, not width units
 
 
 def _mlp(sizes: list[int]) -> nn.Sequential:
@@ -107,9 +108,10 @@ class LowRankDecoder(nn.Module):
             self._pairs[n] = torch.stack([perm[j % k], perm[(j % k + shift) % k]])
         return self._pairs[n]
 
-    def _factor(self, p: torch.Tensor, n: int) -> torch.Tensor:
-        """The n rows of a factor read from P-half ``p`` (G, r, r): (G, n, r)."""
-        if not self.unit_grid:
+    def _factor(self, p: torch.Tensor, n: int, units: bool = True) -> torch.Tensor:
+        """The n rows of a factor read from P-half ``p`` (G, r, r): (G, n, r). Rows that are
+        width ``units`` are read from the unit grid when there is one."""
+        if not (self.unit_grid and units):
             return self._rows(p, n)
         grid = self._rows(p, self.unit_grid)                    # (G, g, r)
         pos = ((torch.arange(n, device=p.device) + 0.5) * self.unit_grid / n - 0.5)
@@ -134,11 +136,12 @@ class LowRankDecoder(nn.Module):
         r = self.rank
         halves = F.relu(self.mlp(embeddings).view(-1, 2, r, r))       # (V, 2, r, r)
         out: list[torch.Tensor | None] = [None] * len(tasks)
-        groups = _group(tasks, lambda t: (t.shape, t.transposed, t.normalize))
-        for ((c_out, c_in, h, w), transposed, normalize), idx in groups.items():
+        groups = _group(tasks, lambda t: (t.shape, t.transposed, t.normalize, t.identity_rows))
+        for ((c_out, c_in, h, w), transposed, normalize, identity_rows), idx in groups.items():
             rows, cols = c_out * h, c_in * w
             p = halves[[tasks[i].row for i in idx]]                   # (G, 2, r, r)
-            a, b = self._factor(p[:, 0], rows), self._factor(p[:, 1], cols)   # (G, rows|cols, r)
+            a = self._factor(p[:, 0], rows, units=not identity_rows)  # (G, rows, r)
+            b = self._factor(p[:, 1], cols)                           # (G, cols, r)
             scales = torch.tensor([tasks[i].scale for i in idx], device=p.device)
             if normalize:   # ‖ABᵀ‖²_F = Σ (AᵀA) ⊙ (BᵀB): r × r work, not rows × cols
                 sq_norm = ((a.transpose(1, 2) @ a) * (b.transpose(1, 2) @ b)).sum((1, 2))

@@ -37,7 +37,7 @@ from logah.decoders import DecodeTask, LowRankDecoder, TiledDecoder
 from logah.errors import LogahError
 from logah.io import config_from_record
 from logah.graph import DEFAULT_EDGE_CUTOFF, PRIMITIVES, Graph
-from logah.layout import NORM, WEIGHT, node_canonical, split_node
+from logah.layout import EMBEDDING, NORM, WEIGHT, node_canonical, split_node
 from logah.postprocess import postprocess, weight_scale
 
 MAX_DEGREE = 100
@@ -237,7 +237,9 @@ class GHN(nn.Module):
                                                 is_norm=specs[0].kind == NORM,
                                                 is_output=node in output_nodes, scale=scale,
                                                 normalize=specs[0].kind == WEIGHT,
-                                                transposed=specs[0].transposed))
+                                                transposed=specs[0].transposed,
+                                                identity_rows=(specs[0].kind == EMBEDDING
+                                                               or node in output_nodes)))
                         owners.append((i, g, specs))
             raw = self.decoder(emb, tasks)
             results: list[dict[str, torch.Tensor]] = [{} for _ in graphs]

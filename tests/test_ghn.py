@@ -138,6 +138,10 @@ def test_unit_grid_reads_rows_at_relative_positions():
     torch.testing.assert_close(wide[1], 0.75 * narrow[0] + 0.25 * narrow[1])
     torch.testing.assert_close(wide[2], 0.25 * narrow[0] + 0.75 * narrow[1])
     torch.testing.assert_close(wide[15], narrow[7])
+    tokens = decoder(emb, [DecodeTask(row=0, shape=(16, 8, 1, 1), identity_rows=True)])[0]
+    tokens = tokens[:, :, 0, 0]                # vocabulary rows: the paper's rows 0..15
+    torch.testing.assert_close(tokens[:8], narrow)
+    assert not torch.allclose(tokens[8:], wide[8:])
     odd = decoder(emb, [DecodeTask(row=0, shape=(300, 37, 1, 1))])[0][:, :, 0, 0]
     assert odd.shape == (300, 37) and numerical_rank(odd) <= 4
     with pytest.raises(LogahError, match="unit_grid"):
