@@ -3,7 +3,8 @@
 Modules, in reading order: ``targets`` (architectures), ``graph`` (computational graphs),
 ``ghn`` (the hypernetwork) with ``decoders`` (low-rank and tiled), ``presets``,
 ``checkpoint``, ``predict``; ``archs`` and ``data`` (architecture spaces and datasets);
-``training`` and ``finetune``; ``cli``.
+``tasks``, ``training`` (GHN training), ``inits`` and ``finetune`` (targets), ``trial`` (one
+study trial), ``distributed`` (both loops on Ray Train); ``cli``.
 """
 
 __version__ = "0.1.0"
