@@ -166,3 +166,19 @@ def test_cli_finetune_writes_metrics_and_weights(ghns, tmp_path, capsys):
     assert main(["finetune", "--target", "gpt2-cpu-target", "--data", "digits",
                  "--out", str(bad)]) == 2
     assert not bad.exists()
+
+
+def test_a_predicted_folder_is_an_init_for_its_own_architecture_only(tmp_path):
+    from conftest import WIDE_VIT
+    from logah.ghn import build_ghn
+    from logah.predict import save_prediction
+
+    ghn = build_ghn(get_preset("logah-test"))
+    save_prediction(SMALL_VIT, predict_params(ghn, SMALL_VIT), tmp_path / "pred")
+    model = initial_model(SMALL_VIT, str(tmp_path / "pred"))
+    torch.testing.assert_close(dict(model.named_parameters())["conv_proj.weight"].detach(),
+                               predict_params(ghn, SMALL_VIT)["conv_proj.weight"])
+    summary = finetune(ft_config("vit", init=str(tmp_path / "pred")), tmp_path / "run", progress=False)
+    assert math.isfinite(summary["final_val_accuracy"])
+    with pytest.raises(LogahError, match="not the target"):
+        initial_model(WIDE_VIT, str(tmp_path / "pred"))
