@@ -141,12 +141,13 @@ def _cmd_finetune(args: argparse.Namespace) -> None:
     config = _finetune_config(args)
     if args.workers:
         from logah.distributed import finetune_ray
+        from logah.finetune import SUMMARY_FILE
 
         _init_ray(args)
         result = finetune_ray(config, args.out, workers=args.workers, use_gpu=args.gpu)
         if result.error is not None:
             raise LogahError(f"fine-tuning failed on Ray: {result.error}")
-        summary = json.loads((Path(args.out) / "summary.json").read_text())
+        summary = json.loads((Path(args.out) / SUMMARY_FILE).read_text())
     else:
         from logah.finetune import finetune
 

@@ -20,8 +20,8 @@ The fine-tuned weights are saved in the ``logah predict`` layout, under ``OUT/mo
 
 from __future__ import annotations
 
-import dataclasses
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,11 +34,12 @@ from tqdm import tqdm
 
 from logah.errors import LogahError
 from logah.inits import initial_model
-from logah.io import config_from_record, read_json
+from logah.io import ConfigRecord
 from logah.predict import load_predicted, save_prediction
 from logah.targets import Arch, GPT2Arch, arch_from_dict, forward
 from logah.tasks import DataConfig, make_task
-from logah.training import METRICS_FILE, Reporter, lr_factor, report_with_checkpoint, step_seed
+from logah.training import (Reporter, lr_factor, read_run_state, report_with_checkpoint, step_seed,
+                            write_run_state)
 
 STATE_FILE = "finetune_state.pt"
 CONFIG_FILE = "finetune_config.json"
@@ -47,8 +48,11 @@ MODEL_DIR = "model"
 
 
 @dataclass(frozen=True, kw_only=True)
-class FinetuneConfig:
+class FinetuneConfig(ConfigRecord):
     """One fine-tuning run. Optimisation settings come from ``FINETUNE_PRESETS``."""
+
+    record_name = "finetune config"
+    nested_records = {"data": DataConfig}
 
     target: dict                       # architecture record (``arch_to_dict``)
     init: str = "random"               # random | orthogonal | ghn3 | logah | predicted folder
@@ -83,12 +87,6 @@ class FinetuneConfig:
         if self.optimizer not in ("sgd", "adamw"):
             raise LogahError(f"finetune config: optimizer must be sgd or adamw, got {self.optimizer!r}")
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, record: dict) -> "FinetuneConfig":
-        return config_from_record(cls, record, "finetune config", data=lambda r: config_from_record(DataConfig, r, "data config"))
 
 
 # Optimisation settings. ``*-paper``: DESIGN.md §3.5 (ViT: SGD, momentum 0.9, wd 1e-2, cosine,
@@ -161,11 +159,8 @@ class Finetuner:
             loss = self.task.loss(forward(self.model, self.arch, x), y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if config.grad_clip:
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), config.grad_clip)
-        else:
-            grad_norm = torch.stack([p.grad.norm() for p in self.net.parameters()
-                                     if p.grad is not None]).norm()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(),
+                                                   config.grad_clip or math.inf)
         if bool(torch.isfinite(grad_norm)) and bool(torch.isfinite(loss)):
             self.optimizer.step()
         else:
@@ -183,31 +178,25 @@ class Finetuner:
 
     # --- state -------------------------------------------------------------------------------
     def write_checkpoint(self, folder: Path) -> None:
-        """Fine-tuned weights (``logah predict`` layout), training state and metric history."""
+        """Fine-tuned weights (``logah predict`` layout, also what a resumed run reloads),
+        optimizer and scheduler state, metric history."""
         params = {k: v.detach().cpu() for k, v in self.net.state_dict().items()}
         save_prediction(self.arch, params, folder / MODEL_DIR)
-        torch.save({"step": self.step, "skipped": self.skipped, "elapsed": self.elapsed,
-                    "model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
-                    "scheduler": self.scheduler.state_dict()}, folder / STATE_FILE)
-        (folder / METRICS_FILE).write_text("".join(json.dumps(m) + "\n" for m in self.history))
-        (folder / CONFIG_FILE).write_text(json.dumps(self.config.to_dict(), indent=2))
+        state = {"step": self.step, "skipped": self.skipped, "elapsed": self.elapsed,
+                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+        write_run_state(folder, state, STATE_FILE, self.history, self.config, CONFIG_FILE)
 
     def _load_state(self, folder: Path) -> None:
-        saved = read_json(folder / CONFIG_FILE, "fine-tuning config")
-        if FinetuneConfig.from_dict(saved) != self.config:
-            raise LogahError(f"cannot resume from {folder}: it was fine-tuned with another config")
+        state, self.history = read_run_state(folder, STATE_FILE, self.config, CONFIG_FILE,
+                                             self.device)
+        _, saved = load_predicted(folder / MODEL_DIR)
         try:
-            state = torch.load(folder / STATE_FILE, map_location=self.device, weights_only=True)
-            self.net.load_state_dict(state["model"])
+            self.net.load_state_dict(saved.state_dict())
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
-        except FileNotFoundError:
-            raise LogahError(f"cannot resume: {folder / STATE_FILE} not found") from None
-        except Exception as err:   # corrupt pickle or mismatched state: several torch error types
-            raise LogahError(f"cannot resume from {folder}: {STATE_FILE} unusable ({err})") from None
+        except (KeyError, RuntimeError, ValueError) as err:
+            raise LogahError(f"cannot resume from {folder}: state does not match ({err})") from None
         self.step, self.skipped, self.elapsed = state["step"], state["skipped"], state["elapsed"]
-        lines = (folder / METRICS_FILE).read_text().splitlines()
-        self.history = [json.loads(line) for line in lines if line.strip()]
 
     # --- the loop ----------------------------------------------------------------------------
     def run(self, report: Reporter, progress: bool = True) -> list[dict]:

@@ -23,7 +23,6 @@ dense embeddings with sparse offsets and gets this wrong).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -35,8 +34,8 @@ from torch import nn
 
 from logah.decoders import DecodeTask, LowRankDecoder, TiledDecoder
 from logah.errors import LogahError
-from logah.io import config_from_record
 from logah.graph import DEFAULT_EDGE_CUTOFF, PRIMITIVES, Graph
+from logah.io import ConfigRecord
 from logah.layout import EMBEDDING, NORM, WEIGHT, node_canonical, split_node
 from logah.postprocess import postprocess, weight_scale
 
@@ -53,8 +52,10 @@ SPATIAL_VALUES = 32          # spatial sizes 1..32 (larger map to 32)
 
 
 @dataclass(frozen=True, kw_only=True)
-class GHNConfig:
+class GHNConfig(ConfigRecord):
     """Everything needed to rebuild a GHN; stored as JSON beside its weights."""
+
+    record_name = "GHN config"
 
     decoder: Literal["low-rank", "tiled"] = "low-rank"
     hidden: int = 64                 # d: width of node embeddings
@@ -86,12 +87,6 @@ class GHNConfig:
         if self.edge_cutoff >= DISTANCE_TABLE - 1:
             raise LogahError(f"GHN edge_cutoff must be below {DISTANCE_TABLE - 1}")
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, record: dict) -> "GHNConfig":
-        return config_from_record(cls, record, "GHN config")
 
 
 class ShapeEncoder(nn.Module):

@@ -15,7 +15,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 from logah.errors import LogahError
 
@@ -96,23 +96,34 @@ def read_json(path: str | Path, what: str) -> dict:
     return value
 
 
-def config_from_record(cls, record: dict, what: str, **nested: Callable[[dict], Any]):
-    """The dataclass ``cls`` built from a JSON record and validated. Unknown or missing fields
-    are a ``LogahError`` naming ``what``; ``nested`` converts fields that are records themselves
-    (e.g. ``data=lambda r: DataConfig(**r)``)."""
-    if not isinstance(record, dict):
-        raise LogahError(f"{what}: expected a JSON object, got {type(record).__name__}")
-    record = dict(record)
-    unknown = sorted(set(record) - {f.name for f in dataclasses.fields(cls)})
-    if unknown:
-        raise LogahError(f"{what}: unknown fields {unknown}")
-    for name, convert in nested.items():
-        if name in record:
-            record[name] = convert(record[name])
-    try:
-        config = cls(**record)
-    except TypeError as err:
-        raise LogahError(f"{what}: {err}") from None
-    if hasattr(config, "validate"):
-        config.validate()
-    return config
+class ConfigRecord:
+    """Mixin for the config dataclasses that are stored as JSON: ``to_dict`` and a validating
+    ``from_dict``. A subclass names itself in error messages (``record_name``) and lists its
+    fields that are config records themselves (``nested_records``: field name -> class)."""
+
+    record_name = "config"
+    nested_records: dict[str, type] = {}
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, record: dict):
+        """Build and validate from a JSON record; unknown or missing fields are a ``LogahError``."""
+        what = cls.record_name
+        if not isinstance(record, dict):
+            raise LogahError(f"{what}: expected a JSON object, got {type(record).__name__}")
+        record = dict(record)
+        unknown = sorted(set(record) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise LogahError(f"{what}: unknown fields {unknown}")
+        for name, kind in cls.nested_records.items():
+            if name in record:
+                record[name] = kind.from_dict(record[name])
+        try:
+            config = cls(**record)
+        except TypeError as err:
+            raise LogahError(f"{what}: {err}") from None
+        if hasattr(config, "validate"):
+            config.validate()
+        return config

@@ -22,14 +22,17 @@ import torch.nn.functional as F
 
 from logah.data import get_tokenizer, load_image_dataset, load_text_dataset, shard_indices
 from logah.errors import LogahError
+from logah.io import ConfigRecord
 from logah.targets import Arch, GPT2Arch, ViTArch
 
 ForwardFn = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True, kw_only=True)
-class DataConfig:
+class DataConfig(ConfigRecord):
     """Which data a task reads and how much per step."""
+
+    record_name = "data config"
 
     dataset: str = "fashion-mnist"   # an image or text dataset of ``logah.data``
     batch_size: int = 64             # images, or token blocks, per step and rank

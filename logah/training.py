@@ -25,7 +25,6 @@ workers, where ``torch.distributed`` is initialised and the GHN is wrapped in DD
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import shutil
@@ -44,7 +43,7 @@ from tqdm import tqdm
 from logah.archs import get_space, sample_archs, space_from_dict, space_to_dict
 from logah.checkpoint import write_ghn_files
 from logah.errors import LogahError
-from logah.io import atomic_dir, atomic_file, atomic_write_text, config_from_record, write_json
+from logah.io import ConfigRecord, atomic_dir, atomic_file, atomic_write_text, read_json, write_json
 from logah.ghn import GHN, GHNConfig, build_ghn
 from logah.graph import Graph, graph_of
 from logah.presets import get_preset
@@ -61,8 +60,11 @@ Reporter = Callable[[dict, "Path | None"], None]
 
 
 @dataclass(frozen=True, kw_only=True)
-class TrainConfig:
-    """A GHN training run. ``paper()`` and ``cpu()`` give the two reference settings."""
+class TrainConfig(ConfigRecord):
+    """A GHN training run (architecture space, data, budget, optimisation)."""
+
+    record_name = "train config"
+    nested_records = {"ghn": GHNConfig, "data": DataConfig}
 
     ghn: GHNConfig = field(default_factory=lambda: get_preset("logah-cpu"))
     space: dict = field(default_factory=lambda: space_to_dict(get_space("vits-cpu")))
@@ -93,13 +95,6 @@ class TrainConfig:
         if not 0 <= self.ema_decay < 1:
             raise LogahError(f"train config: ema_decay must be in [0, 1), got {self.ema_decay}")
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, record: dict) -> "TrainConfig":
-        return config_from_record(cls, record, "train config", ghn=GHNConfig.from_dict,
-                                  data=lambda r: config_from_record(DataConfig, r, "data config"))
 
 
 def lr_factor(step: int, warmup: int, total: int) -> float:
@@ -225,20 +220,11 @@ class GHNTrainer:
                  "ghn": self.ghn.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "scheduler": self.scheduler.state_dict(),
                  "ema": self.ema.state_dict() if self.ema is not None else None}
-        torch.save(state, folder / STATE_FILE)
-        (folder / METRICS_FILE).write_text("".join(json.dumps(m) + "\n" for m in self.history))
-        (folder / CONFIG_FILE).write_text(json.dumps(self.config.to_dict(), indent=2))
+        write_run_state(folder, state, STATE_FILE, self.history, self.config, CONFIG_FILE)
 
     def _load_state(self, folder: Path) -> None:
-        try:
-            state = torch.load(folder / STATE_FILE, map_location=self.device, weights_only=True)
-        except FileNotFoundError:
-            raise LogahError(f"cannot resume: {folder / STATE_FILE} not found") from None
-        except Exception as err:   # torch raises several types for corrupt pickles
-            raise LogahError(f"cannot resume from {folder}: {STATE_FILE} is unreadable ({err})") from None
-        saved = json.loads((folder / CONFIG_FILE).read_text())
-        if TrainConfig.from_dict(saved) != self.config:
-            raise LogahError(f"cannot resume from {folder}: it was trained with another config")
+        state, self.history = read_run_state(folder, STATE_FILE, self.config, CONFIG_FILE,
+                                             self.device)
         try:
             self.ghn.load_state_dict(state["ghn"])
             self.optimizer.load_state_dict(state["optimizer"])
@@ -248,8 +234,6 @@ class GHNTrainer:
         except (KeyError, RuntimeError, ValueError) as err:
             raise LogahError(f"cannot resume from {folder}: state does not match ({err})") from None
         self.step, self.skipped = state["step"], state["skipped"]
-        history = (folder / METRICS_FILE).read_text().splitlines()
-        self.history = [json.loads(line) for line in history if line.strip()]
 
     # --- the loop ----------------------------------------------------------------------------
     def run(self, report: Reporter, progress: bool = True) -> list[dict]:
@@ -297,6 +281,32 @@ class GHNTrainer:
         return {"ranks_weights_equal": len({c for c, _ in views}) == 1,
                 "ranks_shared_samples": len(set.intersection(*samples)),
                 "ranks_archs": [draw["archs"] for _, draw in views]}
+
+def write_run_state(folder: Path, state: dict, state_file: str, history: list[dict],
+                    config: ConfigRecord, config_file: str) -> None:
+    """The resumable part of a checkpoint: ``state`` (tensors and numbers only, so it loads with
+    ``weights_only=True``), the metric history and the run's config."""
+    torch.save(state, folder / state_file)
+    (folder / METRICS_FILE).write_text("".join(json.dumps(m) + "\n" for m in history))
+    (folder / config_file).write_text(json.dumps(config.to_dict(), indent=2))
+
+
+def read_run_state(folder: Path, state_file: str, config: ConfigRecord, config_file: str,
+                   device: torch.device) -> tuple[dict, list[dict]]:
+    """The state and metric history ``write_run_state`` left in ``folder``, after checking that
+    it was written by a run with ``config``."""
+    saved = read_json(folder / config_file, "run config")
+    if type(config).from_dict(saved) != config:
+        raise LogahError(f"cannot resume from {folder}: it was run with another config")
+    try:
+        state = torch.load(folder / state_file, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise LogahError(f"cannot resume: {folder / state_file} not found") from None
+    except Exception as err:   # torch raises several types for corrupt pickles
+        raise LogahError(f"cannot resume from {folder}: {state_file} is unreadable ({err})") from None
+    lines = (folder / METRICS_FILE).read_text().splitlines()
+    return state, [json.loads(line) for line in lines if line.strip()]
+
 
 def report_with_checkpoint(report: Reporter, metrics: dict, write: Callable[[Path], None],
                            writer: bool) -> None:

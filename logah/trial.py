@@ -27,7 +27,7 @@ from typing import Callable
 from logah.errors import LogahError
 from logah.finetune import FinetuneConfig, finetune
 from logah.inits import GHN_INITS
-from logah.io import config_from_record, write_json
+from logah.io import ConfigRecord, write_json
 from logah.training import TrainConfig, train_ghn
 
 TRIAL_FILE = "trial.json"
@@ -38,8 +38,11 @@ MetricsReporter = Callable[[dict], None]
 
 
 @dataclass(frozen=True, kw_only=True)
-class TrialConfig:
+class TrialConfig(ConfigRecord):
     """Everything a trial depends on."""
+
+    record_name = "trial config"
+    nested_records = {"finetune": FinetuneConfig, "ghn_training": TrainConfig}
 
     finetune: FinetuneConfig
     ghn_training: TrainConfig = field(default_factory=TrainConfig)
@@ -60,13 +63,6 @@ class TrialConfig:
             raise LogahError(f"trial: init {self.finetune.init!r} needs a GHN with the {wanted} "
                              f"decoder, but ghn_training uses {self.ghn_training.ghn.decoder!r}")
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, record: dict) -> "TrialConfig":
-        return config_from_record(cls, record, "trial config", finetune=FinetuneConfig.from_dict,
-                                  ghn_training=TrainConfig.from_dict)
 
 
 def _phase_folder(out: Path, name: str) -> tuple[Path, bool]:
