@@ -82,7 +82,8 @@ def _train_config(args: argparse.Namespace):
 
     overrides = {k: v for k, v in (("decoder", args.decoder), ("hidden", args.hidden),
                                    ("layers", args.layers), ("heads", args.heads),
-                                   ("rank", args.rank), ("unit_grid", args.unit_grid))
+                                   ("rank", args.rank), ("unit_grid", args.unit_grid),
+                                   ("weight_scaling", args.weight_scaling))
                  if v is not None}
     ghn = dataclasses.replace(get_preset(args.ghn), **overrides)
     space = get_space(args.space)
@@ -158,6 +159,23 @@ def _cmd_finetune(args: argparse.Namespace) -> None:
     print(f"output: {Path(args.out).resolve()}")
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> None:
+    from logah.finetune import evaluate_init
+    from logah.targets import ViTArch, resolve_target
+    from logah.tasks import DataConfig
+
+    arch = resolve_target(args.target)
+    is_vit = isinstance(arch, ViTArch)
+    data = DataConfig(dataset=args.data or ("fashion-mnist" if is_vit else "shakespeare"),
+                      batch_size=args.batch_size or (256 if is_vit else 16),
+                      block_size=args.block_size, tokenizer=args.tokenizer,
+                      eval_split=args.split, eval_batches=args.eval_batches)
+    metrics = evaluate_init(arch, args.init, data, ghn=args.ghn, seed=args.seed,
+                            device="cuda" if args.gpu else "cpu")
+    print(json.dumps({"target": args.target, "init": args.init, "ghn": args.ghn,
+                      "dataset": data.dataset, **metrics}))
+
+
 def _init_ray(args: argparse.Namespace) -> None:
     import ray
 
@@ -190,6 +208,21 @@ def _add_run_options(p: argparse.ArgumentParser, verb: str, out_help: str) -> No
     p.add_argument("--gpu", action="store_true", help=f"{verb} on GPU (one per worker)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--out", required=True, help=out_help)
+
+
+def _add_target_options(p: argparse.ArgumentParser, default_init: str) -> None:
+    """Which network starts how, on which data (shared by finetune and evaluate)."""
+    p.add_argument("--target", required=True,
+                   help="vit-s|...|gpt2-l, vit-cpu-target|gpt2-cpu-target|..., or an architecture .json")
+    p.add_argument("--init", default=default_init,
+                   help="random | orthogonal | ghn3 | logah (both need --ghn) | a logah predict folder")
+    p.add_argument("--ghn", help="GHN checkpoint folder (for --init ghn3 / logah)")
+    p.add_argument("--data", help="dataset (default: fashion-mnist for ViTs, shakespeare for GPT-2s)")
+
+
+def _add_text_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--block-size", type=int, default=128, help="tokens per block (text)")
+    p.add_argument("--tokenizer", default="bpe", help="text: bpe (trained, cached) or gpt2")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -234,10 +267,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unit-grid", type=int,
                    help="low-rank: read factor rows at relative positions of a grid of this many "
                         "rows (0: the paper's per-unit rows)")
+    p.add_argument("--weight-scaling", choices=["fan-in", "mean-field"],
+                   help="predicted weights scaled by sqrt(2/fan_in) (He, the paper's) or "
+                        "sqrt(2·G)/fan_in with the unit grid G (a wider layer = a finer sampling)")
     p.add_argument("--space", default="vits-cpu", help="architecture space (vits-cpu, gpts-1k, ...)")
     p.add_argument("--data", help="dataset (default: fashion-mnist for ViTs, shakespeare for GPT-2s)")
-    p.add_argument("--tokenizer", default="bpe", help="text: bpe (trained, cached) or gpt2")
-    p.add_argument("--block-size", type=int, default=128)
+    _add_text_options(p)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--meta-batch", type=int, default=1)
@@ -250,12 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("finetune", help="fine-tune a target from an init (random, orthogonal, "
                        "ghn3, logah or a predicted folder)")
-    p.add_argument("--target", required=True,
-                   help="vit-s|...|gpt2-l, vit-cpu-target|gpt2-cpu-target|..., or an architecture .json")
-    p.add_argument("--init", default="random",
-                   help="random | orthogonal | ghn3 | logah (both need --ghn) | a logah predict folder")
-    p.add_argument("--ghn", help="GHN checkpoint folder (for --init ghn3 / logah)")
-    p.add_argument("--data", help="dataset (default: fashion-mnist for ViTs, shakespeare for GPT-2s)")
+    _add_target_options(p, default_init="random")
     p.add_argument("--preset", help="optimisation preset: vit-cpu, gpt2-cpu, vit-paper, gpt2-paper "
                    "(default: the CPU one of the target's family)")
     p.add_argument("--optimizer", choices=["sgd", "adamw"])
@@ -267,11 +297,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-every", type=int, help="steps between validation reports")
     p.add_argument("--eval-batches", type=int, default=10, help="validation batches (0: whole split)")
     p.add_argument("--batch-size", type=int, help="default 64 images or 16 token blocks")
-    p.add_argument("--block-size", type=int, default=128)
-    p.add_argument("--tokenizer", default="bpe", help="text: bpe (trained, cached) or gpt2")
+    _add_text_options(p)
     p.add_argument("--seed", type=int, default=0)
     _add_run_options(p, "fine-tune", "output folder: metrics.jsonl, summary.json, model/")
     p.set_defaults(func=_cmd_finetune)
+
+    p = sub.add_parser("evaluate", help="metrics of a target as an init leaves it, no fine-tuning "
+                       "(a GHN's zero-shot accuracy or perplexity)")
+    _add_target_options(p, default_init="logah")
+    p.add_argument("--split", default="val", help="val, or test (image datasets)")
+    p.add_argument("--eval-batches", type=int, default=0, help="batches to evaluate (0: whole split)")
+    p.add_argument("--batch-size", type=int, help="default 256 images or 16 token blocks")
+    _add_text_options(p)
+    p.add_argument("--seed", type=int, default=0, help="seed of the random inits")
+    p.add_argument("--gpu", action="store_true", help="evaluate on GPU")
+    p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("demo", help="the quick-start job (what `make demo` runs)")
     p.add_argument("--out", default="runs/demo")

@@ -28,7 +28,9 @@ quality drops (benchmarks/results/ghn_training.md).
 ``unit_grid`` = G > 0 (an option, not the paper's): a factor of n rows reads the first G rows at
 relative positions t_k = (k + ½)·G/n − ½, linearly interpolated, so unit k of any width maps to
 the same fraction of the grid and every grid row is trained by every width. Rows are convex
-combinations of G rows, so rank(W) ≤ r still holds and widths above K need no pairing.
+combinations of G rows, so rank(W) ≤ r still holds and widths above K need no pairing. The RMS
+normalisation of a weight then uses the grid's Gram matrix, not the interpolated rows' (which have
+a lower RMS when the grid is rough), so a matrix's scale does not depend on its width either.
 
 Tensors wider than K (GPT-2's 50257-row embeddings with K = 32768, or any width above K): rows
 (or columns) i ≥ K are (A[a] + A[b]) / √2, where (a, b) is a fixed pair of rows of A, distinct
@@ -108,18 +110,21 @@ class LowRankDecoder(nn.Module):
             self._pairs[n] = torch.stack([perm[j % k], perm[(j % k + shift) % k]])
         return self._pairs[n]
 
-    def _factor(self, p: torch.Tensor, n: int, units: bool = True) -> torch.Tensor:
-        """The n rows of a factor read from P-half ``p`` (G, r, r): (G, n, r). Rows that are
-        width ``units`` are read from the unit grid when there is one."""
+    def _factor(self, p: torch.Tensor, n: int, units: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """The n rows of a factor read from P-half ``p`` (G, r, r): (G, n, r), and the mean Gram
+        matrix (G, r, r) its RMS normalisation uses. Rows that are width ``units`` are read from
+        the unit grid when there is one; the Gram is then the grid's, so the normalisation is the
+        same at every width (interpolating rough rows lowers their RMS)."""
         if not (self.unit_grid and units):
-            return self._rows(p, n)
+            rows = self._rows(p, n)
+            return rows, rows.transpose(1, 2) @ rows / n
         grid = self._rows(p, self.unit_grid)                    # (G, g, r)
         pos = ((torch.arange(n, device=p.device) + 0.5) * self.unit_grid / n - 0.5)
         pos = pos.clamp(0, self.unit_grid - 1)
         lo = pos.floor().long()
         hi = (lo + 1).clamp(max=self.unit_grid - 1)
         w = (pos - lo)[None, :, None]
-        return grid[:, lo] * (1 - w) + grid[:, hi] * w
+        return grid[:, lo] * (1 - w) + grid[:, hi] * w, grid.transpose(1, 2) @ grid / self.unit_grid
 
     def _rows(self, p: torch.Tensor, n: int) -> torch.Tensor:
         """First n rows of the (K × r) factor read from P-half ``p`` (G, r, r): (G, n, r)."""
@@ -140,12 +145,12 @@ class LowRankDecoder(nn.Module):
         for ((c_out, c_in, h, w), transposed, normalize, identity_rows), idx in groups.items():
             rows, cols = c_out * h, c_in * w
             p = halves[[tasks[i].row for i in idx]]                   # (G, 2, r, r)
-            a = self._factor(p[:, 0], rows, units=not identity_rows)  # (G, rows, r)
-            b = self._factor(p[:, 1], cols)                           # (G, cols, r)
+            a, a_gram = self._factor(p[:, 0], rows, units=not identity_rows)  # (G, rows, r)
+            b, b_gram = self._factor(p[:, 1], cols)                           # (G, cols, r)
             scales = torch.tensor([tasks[i].scale for i in idx], device=p.device)
-            if normalize:   # ‖ABᵀ‖²_F = Σ (AᵀA) ⊙ (BᵀB): r × r work, not rows × cols
-                sq_norm = ((a.transpose(1, 2) @ a) * (b.transpose(1, 2) @ b)).sum((1, 2))
-                scales = scales * torch.rsqrt(sq_norm / (rows * cols) + 1e-12)
+            if normalize:   # ‖ABᵀ‖²_F / (rows·cols) = Σ (AᵀA/rows) ⊙ (BᵀB/cols): r × r work
+                mean_square = (a_gram * b_gram).sum((1, 2))
+                scales = scales * torch.rsqrt(mean_square + 1e-12)
             a = a * scales[:, None, None]
             for j, i in enumerate(idx):   # one product per node: each tensor owns its storage
                 if transposed:            # (cols, rows): written once in the stored layout

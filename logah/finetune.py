@@ -229,6 +229,19 @@ class Finetuner:
             report(metrics, None)
 
 
+@torch.no_grad()
+def evaluate_init(target: Arch, init: str, data: DataConfig, *, ghn: str | Path | None = None,
+                  seed: int = 0, device: str | torch.device = "cpu") -> dict[str, float]:
+    """Metrics of ``target`` as ``init`` leaves it, with no fine-tuning, on ``data.eval_split``:
+    the zero-shot figure of a GHN (what step 0 of a fine-tuning run reports, on any split and
+    any number of batches). Keys are prefixed with the split: ``test_accuracy``, ``val_perplexity``."""
+    task = make_task(target, data, seed=seed)
+    arch = task.fit(target)
+    net = initial_model(arch, init, ghn=ghn, seed=seed, device=device).eval()
+    scores = task.evaluate(lambda x: forward(net, arch, x), device)
+    return {f"{data.eval_split}_{name}": value for name, value in scores.items()}
+
+
 def target_metric(arch: Arch) -> tuple[str, str]:
     """The validation metric reported for ``arch`` and whether higher ("max") is better."""
     return ("val_perplexity", "min") if isinstance(arch, GPT2Arch) else ("val_accuracy", "max")

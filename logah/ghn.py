@@ -70,6 +70,8 @@ class GHNConfig(ConfigRecord):
     num_classes: int = 1000          # tiled decoder class head
     edge_cutoff: int = DEFAULT_EDGE_CUTOFF   # virtual-edge cutoff of the graphs it reads
     weight_beta: float = 2.0         # fan-in scaling of predicted weights
+    weight_scaling: Literal["fan-in", "mean-field"] = "fan-in"   # sqrt(β/fan_in) (He, the paper's)
+                                     # or sqrt(β·G)/fan_in, G = unit_grid (logah.postprocess)
 
     def validate(self) -> None:
         if self.decoder not in ("low-rank", "tiled"):
@@ -80,6 +82,12 @@ class GHNConfig(ConfigRecord):
                 raise LogahError(f"GHN {name} must be positive, got {getattr(self, name)}")
         if not 0 <= self.unit_grid * self.rank <= self.max_width:
             raise LogahError(f"GHN unit_grid must be in [0, max_width / rank], got {self.unit_grid}")
+        if self.weight_scaling not in ("fan-in", "mean-field"):
+            raise LogahError(f"GHN weight_scaling must be 'fan-in' or 'mean-field', "
+                             f"got {self.weight_scaling!r}")
+        if self.weight_scaling == "mean-field" and not (self.decoder == "low-rank" and self.unit_grid):
+            raise LogahError("GHN weight_scaling 'mean-field' needs the low-rank decoder with a "
+                             "unit_grid: the grid width is the width at which it equals He's")
         if self.hidden % self.heads:
             raise LogahError(f"GHN heads={self.heads} does not divide hidden={self.hidden}")
         if self.hidden % 4:
@@ -181,6 +189,7 @@ class GHN(nn.Module):
                                                            config.unit_grid)
         else:
             self.decoder = TiledDecoder(d, config.tile or d, config.spatial, config.num_classes)
+        self.mean_field_width = config.unit_grid if config.weight_scaling == "mean-field" else 0
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -226,7 +235,8 @@ class GHN(nn.Module):
                     if specs:
                         residual = specs[0].name.endswith(g.residual_projections or ("\0",))
                         scale = weight_scale(specs[0], beta=self.config.weight_beta,
-                                             residual=residual, n_layer=g.n_layer)
+                                             residual=residual, n_layer=g.n_layer,
+                                             mean_field_width=self.mean_field_width)
                         tasks.append(DecodeTask(row=offset + node, shape=node_canonical(specs),
                                                 is_vector=len(specs[0].shape) == 1,
                                                 is_norm=specs[0].kind == NORM,

@@ -11,6 +11,14 @@ neither explode nor vanish, and a trained one only has to learn directions:
   a loss stuck at ln(10) on Fashion-MNIST). LoGAH's own GPT-2 path also normalises by the std.
   The normalisation is folded into the decoders (an r × r computation for the low-rank one);
   GPT-2 residual projections (``c_proj``) are further divided by sqrt(2 · n_layer), GPT-2's rule;
+* with ``GHNConfig.weight_scaling = "mean-field"`` (not the paper's; needs the low-rank decoder's
+  unit grid of G rows) the fan-in factor is sqrt(β·G) / fan_in instead: He's at fan_in = G, but a
+  sum over n inputs becomes an average. A predicted matrix is low rank, so the inputs it meets
+  are aligned with its row space and its gain grows like sqrt(fan_in) under He's factor; with the
+  unit grid a wider layer is a finer sampling of the same grid function, and the 1 / fan_in factor
+  makes it compute (nearly) the same function at any width (a mean-field / integral-operator
+  limit). Zero-shot accuracy on ViTs wider than the training space rises from ≈ 2× to ≈ 3-4×
+  chance (benchmarks/results/ghn_training.md);
 * LayerNorm weights: 2·sigmoid(0.5·p), in (0, 2), equal to 1 at p = 0; LayerNorm biases and all
   other biases: tanh(0.2·p), in (-1, 1);
 * embeddings (token, position, ViT position and class token): rescaled to root-mean-square 0.02,
@@ -31,12 +39,19 @@ from logah.layout import BIAS, EMBEDDING, NORM, WEIGHT, ParamSpec
 EMBEDDING_STD = 0.02
 
 
-def weight_scale(spec: ParamSpec, *, beta: float, residual: bool, n_layer: int) -> float:
+def weight_scale(spec: ParamSpec, *, beta: float, residual: bool, n_layer: int,
+                 mean_field_width: int = 0) -> float:
     """The factor applied to a predicted weight. It is linear, so decoders fold it into a small
-    factor of the prediction instead of touching the full tensor (GPT-2-L: 3 GB saved a pass)."""
+    factor of the prediction instead of touching the full tensor (GPT-2-L: 3 GB saved a pass).
+
+    ``mean_field_width`` = R > 0 replaces He's sqrt(β / fan_in) by sqrt(β·R) / fan_in: equal at
+    fan_in = R, but ∝ 1 / fan_in, so a sum over n inputs is an average (see the module docstring)."""
     if spec.kind != WEIGHT:
         return 1.0
-    scale = math.sqrt(beta / spec.fan_in)
+    if mean_field_width:
+        scale = math.sqrt(beta * mean_field_width) / spec.fan_in
+    else:
+        scale = math.sqrt(beta / spec.fan_in)
     return scale / math.sqrt(2 * n_layer) if residual else scale
 
 

@@ -40,7 +40,7 @@ class DataConfig(ConfigRecord):
     tokenizer: str = "bpe"           # text: "bpe" (trained on the corpus, cached) or "gpt2"
     vocab_size: int = 4096           # size of the trained BPE vocabulary
     augment: bool = False            # random crops/flips of training images
-    eval_split: str = "val"          # "val" (held out from train) or "test" (images)
+    eval_split: str = "val"          # "val" (held out from train) or "test" (images only)
     eval_batches: int = 10           # batches per evaluation (0: the whole split)
 
 
@@ -142,7 +142,8 @@ class LanguageModeling(_Task):
         if data.block_size > arch.n_positions:
             raise LogahError(f"block_size={data.block_size} exceeds n_positions={arch.n_positions}")
         train = load_text_dataset(data.dataset, "train", tokenizer=tokenizer, block_size=data.block_size)
-        val = load_text_dataset(data.dataset, "val", tokenizer=tokenizer, block_size=data.block_size)
+        val = load_text_dataset(data.dataset, data.eval_split, tokenizer=tokenizer,
+                                block_size=data.block_size)
         super().__init__(train, val, data, seed=seed, rank=rank, world_size=world_size)
         self.vocab_size = len(tokenizer)
 

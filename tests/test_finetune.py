@@ -182,3 +182,21 @@ def test_a_predicted_folder_is_an_init_for_its_own_architecture_only(tmp_path):
     assert math.isfinite(summary["final_val_accuracy"])
     with pytest.raises(LogahError, match="not the target"):
         initial_model(WIDE_VIT, str(tmp_path / "pred"))
+
+
+def test_evaluate_gives_the_zero_shot_metric_of_a_fine_tuning_run(ghns, tmp_path, capsys):
+    """``logah evaluate`` reports what step 0 of a fine-tuning run reports, on any split."""
+    ghn = str(ghns["vit", "low-rank"])
+    summary = finetune(ft_config("vit", init="logah", ghn=ghn), tmp_path / "run", progress=False)
+    args = ["evaluate", "--target", str(tmp_path / "target.json"), "--ghn", ghn, "--data", "digits",
+            "--batch-size", str(DIGITS.batch_size), "--eval-batches", str(DIGITS.eval_batches)]
+    (tmp_path / "target.json").write_text(json.dumps(arch_to_dict(SMALL_VIT)))
+    assert main(args) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["val_accuracy"] == pytest.approx(summary["zero_shot_val_accuracy"])
+    assert main(args[:-2] + ["--split", "test"]) == 0
+    test = json.loads(capsys.readouterr().out)
+    assert 0 <= test["test_accuracy"] <= 1 and "val_accuracy" not in test
+    assert main(["evaluate", "--target", "gpt2-cpu-target", "--init", "random",
+                 "--split", "test"]) == 2
+    assert "split" in capsys.readouterr().err

@@ -10,6 +10,8 @@ from logah.decoders import DecodeTask, LowRankDecoder
 from logah.errors import LogahError
 from logah.ghn import GHNConfig, build_ghn
 from logah.graph import graph_of
+from logah.layout import WEIGHT, ParamSpec
+from logah.postprocess import weight_scale
 from logah.predict import bound_forward
 from logah.presets import get_preset
 from logah.targets import GPT2Arch, build_model, example_input
@@ -146,3 +148,31 @@ def test_unit_grid_reads_rows_at_relative_positions():
     assert odd.shape == (300, 37) and numerical_rank(odd) <= 4
     with pytest.raises(LogahError, match="unit_grid"):
         GHNConfig(decoder="low-rank", rank=16, max_width=64, unit_grid=8).validate()
+
+
+@pytest.mark.parametrize("scaling", ["fan-in", "mean-field"])
+def test_mean_field_scaling_makes_a_wider_matrix_a_finer_sampling(scaling):
+    """With the unit grid and mean-field scaling, a predicted matrix 4× wider applied to a
+    constant input responds with the interpolation of the narrow matrix's response: the wider
+    layer is a finer sampling of the same function (a sum over inputs became an average, and the
+    RMS normalisation is the grid's). With He's fan-in scaling the response is sqrt(4) = 2× larger."""
+    grid = 16
+    decoder = LowRankDecoder(hidden=8, rank=4, max_width=256, unit_grid=grid)
+    reference = grid if scaling == "mean-field" else 0
+    emb = torch.randn(1, 8, generator=torch.Generator().manual_seed(0))
+    responses = []
+    for width in (grid, 4 * grid):
+        spec = ParamSpec(name="w", shape=(width, width), kind=WEIGHT)
+        scale = weight_scale(spec, beta=2.0, residual=False, n_layer=1, mean_field_width=reference)
+        matrix = decoder(emb, [DecodeTask(row=0, shape=(width, width, 1, 1), scale=scale,
+                                          normalize=True)])[0][:, :, 0, 0]
+        responses.append(matrix.detach() @ torch.ones(width))
+    narrow, wide = responses
+    resampled = F.interpolate(narrow[None, None], size=4 * grid, mode="linear")[0, 0]
+    torch.testing.assert_close(wide, resampled * (1.0 if scaling == "mean-field" else 2.0))
+
+
+def test_mean_field_scaling_needs_a_unit_grid():
+    with pytest.raises(LogahError, match="mean-field"):
+        GHNConfig(decoder="low-rank", rank=16, weight_scaling="mean-field").validate()
+    GHNConfig(decoder="low-rank", rank=16, unit_grid=64, weight_scaling="mean-field").validate()
