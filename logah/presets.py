@@ -32,8 +32,11 @@ GHN_PRESETS: dict[str, GHNConfig] = {
     # zero-shot on 6 × 96 ViTs from vits-cpu (width ≤ 64): 22.0% vs 11.3% (ghn_training.md)
     "logah-cpu-grid": GHNConfig(decoder="low-rank", layers=2, hidden=32, heads=4, rank=16,
                                 max_width=K_PAPER, unit_grid=64),
-    "logah-cpu-mf": GHNConfig(decoder="low-rank", layers=2, hidden=32, heads=4, rank=16,
-                              max_width=K_PAPER, unit_grid=64, weight_scaling="mean-field"),
+    # logah-cpu-grid with mean-field weight scaling (logah.postprocess): a wider layer computes a
+    # finer sampling of the same function; zero-shot on 6 × 96 ViTs 23-43% (3 seeds; chance 10%),
+    # on the 6 × 96 GPT-2 perplexity 230 vs 4200 at random init (ghn_training.md)
+    "logah-cpu-grid-mf": GHNConfig(decoder="low-rank", layers=2, hidden=32, heads=4, rank=16,
+                                   max_width=K_PAPER, unit_grid=64, weight_scaling="mean-field"),
     "ghn3-cpu": GHNConfig(decoder="tiled", layers=2, hidden=32, heads=4, spatial=4, num_classes=10),
     "logah-test": GHNConfig(decoder="low-rank", layers=1, hidden=16, heads=2, rank=4, max_width=1024),
     "ghn3-test": GHNConfig(decoder="tiled", layers=1, hidden=16, heads=2, spatial=4, num_classes=10),
