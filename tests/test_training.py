@@ -55,7 +55,7 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path):
 
 
 def test_training_reduces_the_loss(tmp_path):
-    config = tiny_config(steps=150, checkpoint_every=150, log_every=50, lr=1e-3,
+    config = tiny_config(steps=250, checkpoint_every=250, log_every=50, lr=1e-3,
                          ghn=get_preset("logah-cpu"),
                          space=space_to_dict(get_space("vits-cpu", image_size=16, patch_sizes=(4,),
                                                        num_archs=1)))
@@ -96,8 +96,13 @@ def test_cli_train_then_predict(tmp_path, capsys):
     out = tmp_path / "ghn"
     assert main(["train-ghn", "--ghn", "logah-test", "--space", "vits-cpu", "--data", "digits",
                  "--steps", "4", "--checkpoint-every", "2", "--batch-size", "16",
-                 "--out", str(out)]) == 0
+                 "--unit-grid", "16", "--weight-scaling", "mean-field", "--out", str(out)]) == 0
     assert "heldout_accuracy" in capsys.readouterr().out
+    config = load_ghn(out).config
+    assert (config.unit_grid, config.weight_scaling) == (16, "mean-field")
+    assert main(["train-ghn", "--ghn", "logah-test", "--weight-scaling", "mean-field",
+                 "--out", str(tmp_path / "no-grid")]) == 2    # mean-field needs the unit grid
+    assert "unit_grid" in capsys.readouterr().err and not (tmp_path / "no-grid").exists()
     assert main(["predict", "--ghn", str(out), "--target", "vit-s", "--out",
                  str(tmp_path / "pred")]) == 0
     assert main(["train-ghn", "--ghn", "logah-test", "--data", "digits", "--steps", "4",
