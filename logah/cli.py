@@ -72,6 +72,11 @@ def _cmd_archs_describe(args: argparse.Namespace) -> None:
     print(json.dumps(description) if args.json else format_description(description))
 
 
+def _default_dataset(family: str) -> str:
+    """The offline dataset a family trains on when --data is not given."""
+    return "fashion-mnist" if family == "vit" else "shakespeare"
+
+
 def _train_config(args: argparse.Namespace):
     import dataclasses
 
@@ -87,10 +92,10 @@ def _train_config(args: argparse.Namespace):
                  if v is not None}
     ghn = dataclasses.replace(get_preset(args.ghn), **overrides)
     space = get_space(args.space)
-    dataset = args.data or ("fashion-mnist" if space_to_dict(space)["family"] == "vit" else "shakespeare")
-    data = DataConfig(dataset=dataset, batch_size=args.batch_size, tokenizer=args.tokenizer,
-                      block_size=args.block_size)
-    return TrainConfig(ghn=ghn, space=space_to_dict(space), data=data, steps=args.steps,
+    space_record = space_to_dict(space)
+    data = DataConfig(dataset=args.data or _default_dataset(space_record["family"]),
+                      batch_size=args.batch_size, tokenizer=args.tokenizer, block_size=args.block_size)
+    return TrainConfig(ghn=ghn, space=space_record, data=data, steps=args.steps,
                        meta_batch=args.meta_batch, lr=args.lr, ema_decay=args.ema,
                        seed=args.seed, checkpoint_every=args.checkpoint_every)
 
@@ -128,7 +133,7 @@ def _finetune_config(args: argparse.Namespace):
                  "warmup_steps": args.warmup, "steps": args.steps, "grad_clip": args.grad_clip,
                  "eval_every": args.eval_every}
     settings.update({k: v for k, v in overrides.items() if v is not None})
-    data = DataConfig(dataset=args.data or ("fashion-mnist" if is_vit else "shakespeare"),
+    data = DataConfig(dataset=args.data or _default_dataset(arch.family),
                       batch_size=args.batch_size or (64 if is_vit else 16),
                       block_size=args.block_size, tokenizer=args.tokenizer,
                       eval_batches=args.eval_batches)
@@ -166,7 +171,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 
     arch = resolve_target(args.target)
     is_vit = isinstance(arch, ViTArch)
-    data = DataConfig(dataset=args.data or ("fashion-mnist" if is_vit else "shakespeare"),
+    data = DataConfig(dataset=args.data or _default_dataset(arch.family),
                       batch_size=args.batch_size or (256 if is_vit else 16),
                       block_size=args.block_size, tokenizer=args.tokenizer,
                       eval_split=args.split, eval_batches=args.eval_batches)

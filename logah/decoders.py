@@ -83,6 +83,11 @@ def _mlp(sizes: list[int]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def _mean_gram(rows: torch.Tensor) -> torch.Tensor:
+    """(G, n, r) -> (G, r, r): RᵀR / n, the mean outer product of the rows."""
+    return rows.transpose(1, 2) @ rows / rows.shape[1]
+
+
 def _group(tasks: list[DecodeTask], key) -> dict:
     groups: dict = {}
     for i, task in enumerate(tasks):
@@ -111,20 +116,20 @@ class LowRankDecoder(nn.Module):
         return self._pairs[n]
 
     def _factor(self, p: torch.Tensor, n: int, units: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        """The n rows of a factor read from P-half ``p`` (G, r, r): (G, n, r), and the mean Gram
-        matrix (G, r, r) its RMS normalisation uses. Rows that are width ``units`` are read from
-        the unit grid when there is one; the Gram is then the grid's, so the normalisation is the
-        same at every width (interpolating rough rows lowers their RMS)."""
+        """The n rows of a factor read from P-half ``p`` (G, r, r): (G, n, r), and the rows its
+        RMS normalisation is measured on. Rows that are width ``units`` are read from the unit
+        grid when there is one, and are measured on the grid, so the normalisation is the same at
+        every width (interpolating rough rows lowers their RMS)."""
         if not (self.unit_grid and units):
             rows = self._rows(p, n)
-            return rows, rows.transpose(1, 2) @ rows / n
+            return rows, rows
         grid = self._rows(p, self.unit_grid)                    # (G, g, r)
         pos = ((torch.arange(n, device=p.device) + 0.5) * self.unit_grid / n - 0.5)
         pos = pos.clamp(0, self.unit_grid - 1)
         lo = pos.floor().long()
         hi = (lo + 1).clamp(max=self.unit_grid - 1)
         w = (pos - lo)[None, :, None]
-        return grid[:, lo] * (1 - w) + grid[:, hi] * w, grid.transpose(1, 2) @ grid / self.unit_grid
+        return grid[:, lo] * (1 - w) + grid[:, hi] * w, grid
 
     def _rows(self, p: torch.Tensor, n: int) -> torch.Tensor:
         """First n rows of the (K × r) factor read from P-half ``p`` (G, r, r): (G, n, r)."""
@@ -145,11 +150,11 @@ class LowRankDecoder(nn.Module):
         for ((c_out, c_in, h, w), transposed, normalize, identity_rows), idx in groups.items():
             rows, cols = c_out * h, c_in * w
             p = halves[[tasks[i].row for i in idx]]                   # (G, 2, r, r)
-            a, a_gram = self._factor(p[:, 0], rows, units=not identity_rows)  # (G, rows, r)
-            b, b_gram = self._factor(p[:, 1], cols)                           # (G, cols, r)
+            a, a_measured = self._factor(p[:, 0], rows, units=not identity_rows)  # (G, rows, r)
+            b, b_measured = self._factor(p[:, 1], cols)                           # (G, cols, r)
             scales = torch.tensor([tasks[i].scale for i in idx], device=p.device)
             if normalize:   # ‖ABᵀ‖²_F / (rows·cols) = Σ (AᵀA/rows) ⊙ (BᵀB/cols): r × r work
-                mean_square = (a_gram * b_gram).sum((1, 2))
+                mean_square = (_mean_gram(a_measured) * _mean_gram(b_measured)).sum((1, 2))
                 scales = scales * torch.rsqrt(mean_square + 1e-12)
             a = a * scales[:, None, None]
             for j, i in enumerate(idx):   # one product per node: each tensor owns its storage

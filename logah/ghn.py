@@ -189,7 +189,6 @@ class GHN(nn.Module):
                                                            config.unit_grid)
         else:
             self.decoder = TiledDecoder(d, config.tile or d, config.spatial, config.num_classes)
-        self.mean_field_width = config.unit_grid if config.weight_scaling == "mean-field" else 0
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -229,14 +228,16 @@ class GHN(nn.Module):
         with torch.autocast(self.device.type, enabled=False):
             emb = self.embed(batch).float().reshape(-1, self.config.hidden)
             tasks, owners = [], []
+            config = self.config
+            mean_field_width = config.unit_grid if config.weight_scaling == "mean-field" else 0
             for i, (g, offset) in enumerate(zip(graphs, batch.node_offsets)):
                 output_nodes = _output_nodes(g)
                 for node, specs in enumerate(g.params):
                     if specs:
                         residual = specs[0].name.endswith(g.residual_projections or ("\0",))
-                        scale = weight_scale(specs[0], beta=self.config.weight_beta,
+                        scale = weight_scale(specs[0], beta=config.weight_beta,
                                              residual=residual, n_layer=g.n_layer,
-                                             mean_field_width=self.mean_field_width)
+                                             mean_field_width=mean_field_width)
                         tasks.append(DecodeTask(row=offset + node, shape=node_canonical(specs),
                                                 is_vector=len(specs[0].shape) == 1,
                                                 is_norm=specs[0].kind == NORM,
