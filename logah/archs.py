@@ -22,9 +22,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import json
-import os
 import statistics
-import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +31,7 @@ from typing import Any, Callable, Union
 import numpy as np
 
 from logah.errors import LogahError
+from logah.io import atomic_file
 from logah.targets import Arch, GPT2Arch, ViTArch, arch_from_dict, arch_to_dict
 
 HeadsRule = tuple[tuple[int, tuple[int, ...]], ...]
@@ -441,28 +440,24 @@ def sample_archs(space: str | Space, n: int | None = None, seed: int | None = No
 # ---------------------------------------------------------------------------------------------
 # Storage: small records, JSON (a list) or Parquet (one row each), written atomically.
 
-def save_archs(path: str | Path, archs: list[Arch]) -> Path:
+def save_archs(path: str | Path, archs: list[Arch], *, overwrite: bool = False) -> Path:
+    """Write ``archs`` to a .json or .parquet file atomically (``logah.io``'s overwrite rule)."""
     path = Path(path)
     records = [arch_to_dict(a) for a in archs]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    if path.suffix not in (".json", ".parquet"):
+        raise LogahError(f"architecture file {path}: use a .json or .parquet suffix")
+
+    def write(tmp: Path) -> None:
         if path.suffix == ".parquet":
             import pyarrow as pa
             import pyarrow.parquet as pq
 
             columns = list(dict.fromkeys(k for r in records for k in r))  # union over families
             pq.write_table(pa.table({c: [r.get(c) for r in records] for c in columns}), tmp)
-        elif path.suffix == ".json":
-            Path(tmp).write_text(json.dumps(records, indent=0) + "\n")
         else:
-            raise LogahError(f"architecture file {path}: use a .json or .parquet suffix")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+            tmp.write_text(json.dumps(records, indent=0) + "\n")
+
+    return atomic_file(path, write, overwrite=overwrite)
 
 
 def load_archs(path: str | Path) -> list[Arch]:

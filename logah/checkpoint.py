@@ -15,6 +15,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from logah.devices import resolve_device
 from logah.errors import LogahError
 from logah.ghn import GHN, GHNConfig, build_ghn
 from logah.io import atomic_dir, read_json, write_json
@@ -27,7 +28,10 @@ FORMAT = "logah-ghn/1"
 
 def write_ghn_files(ghn: GHN, folder: Path, metadata: dict | None = None) -> None:
     """Write the two checkpoint files into an existing folder (used inside atomic writes)."""
+    from logah.predict import check_finite
+
     state = {k: v.detach().contiguous().cpu() for k, v in ghn.state_dict().items()}
+    check_finite(state, f"saving GHN {folder}")
     save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
     write_json(folder / CONFIG_FILE, {"format": FORMAT, "config": ghn.config.to_dict(),
                                       "metadata": metadata or {}})
@@ -49,14 +53,20 @@ def read_metadata(path: str | Path) -> dict:
     return read_json(Path(path) / CONFIG_FILE, "GHN checkpoint config").get("metadata", {})
 
 
-def load_ghn(path: str | Path, device: str | torch.device = "cpu") -> GHN:
-    """Rebuild a GHN from a checkpoint folder."""
+def read_config(path: str | Path) -> GHNConfig:
+    """The ``GHNConfig`` of a checkpoint folder (its weights unread)."""
     path = Path(path)
     record = read_json(path / CONFIG_FILE, "GHN checkpoint config")
     if record.get("format") != FORMAT:
         raise LogahError(f"{path / CONFIG_FILE}: not a LoGAH GHN checkpoint "
                          f"(format {record.get('format')!r}, expected {FORMAT!r})")
-    config = GHNConfig.from_dict(record.get("config", {}))
+    return GHNConfig.from_dict(record.get("config", {}))
+
+
+def load_ghn(path: str | Path, device: str | torch.device = "cpu") -> GHN:
+    """Rebuild a GHN from a checkpoint folder."""
+    path = Path(path)
+    config = read_config(path)
     try:
         state = load_file(str(path / WEIGHTS_FILE), device=str(device))
     except FileNotFoundError:
@@ -80,6 +90,7 @@ def load_ghn(path: str | Path, device: str | torch.device = "cpu") -> GHN:
 
 def resolve_ghn(spec: str | Path, device: str | torch.device = "cpu", seed: int = 0) -> GHN:
     """A checkpoint folder, or a preset name (an untrained GHN of that preset, seeded)."""
+    device = resolve_device(device)
     if Path(spec).is_dir():
         if not is_checkpoint(spec):
             raise LogahError(f"{spec} is not a GHN checkpoint folder (no {CONFIG_FILE})")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -18,15 +19,18 @@ from logah.errors import LogahError
 def _cmd_ghn_info(args: argparse.Namespace) -> None:
     import torch
 
-    from logah.checkpoint import is_checkpoint, load_ghn
+    from logah.checkpoint import is_checkpoint, read_config
     from logah.ghn import GHN
     from logah.presets import PAPER_PARAMS, get_preset
 
-    if Path(args.ghn).is_dir() and is_checkpoint(args.ghn):
-        ghn, name = load_ghn(args.ghn, "meta"), str(args.ghn)
+    if Path(args.ghn).is_dir():
+        if not is_checkpoint(args.ghn):
+            raise LogahError(f"{args.ghn} is not a GHN checkpoint folder (no ghn.json)")
+        config, name = read_config(args.ghn), str(args.ghn)
     else:
-        with torch.device("meta"):   # counting needs shapes only: no memory, no init
-            ghn, name = GHN(get_preset(args.ghn)), args.ghn
+        config, name = get_preset(args.ghn), args.ghn
+    with torch.device("meta"):   # counting needs shapes only: no memory, no init, no weights read
+        ghn = GHN(config)
     total, decoder = ghn.num_params(), ghn.num_params("decoder")
     info = {"name": name, "params": total, "decoder_params": decoder,
             "backbone_params": total - decoder, "paper_params": PAPER_PARAMS.get(name),
@@ -44,25 +48,46 @@ def _cmd_ghn_info(args: argparse.Namespace) -> None:
 
 def _cmd_predict(args: argparse.Namespace) -> None:
     from logah.checkpoint import resolve_ghn
+    from logah.graph import graph_of
     from logah.predict import predict_params, save_prediction
     from logah.targets import count_params, resolve_target
 
     arch = resolve_target(args.target)
     ghn = resolve_ghn(args.ghn, args.device)
-    start = time.perf_counter()
-    params = predict_params(ghn, arch)
-    predicted = time.perf_counter() - start
-    out = save_prediction(arch, params, args.out, overwrite=args.overwrite)
+    timer = _Timer(ghn)
+    graph = timer("traced", lambda: graph_of(arch, ghn.config.edge_cutoff))   # imports included
+    params = timer("predicted", lambda: predict_params(ghn, arch, graph=graph))
+    out = timer("saved", lambda: save_prediction(arch, params, args.out, overwrite=args.overwrite))
     print(f"predicted {count_params(arch) / 1e6:.1f}M parameters of {args.target} in "
-          f"{predicted:.2f}s (saved in {time.perf_counter() - start:.2f}s)")
+          f"{timer.seconds['predicted']:.2f} s (graph traced in {timer.seconds['traced']:.2f} s, "
+          f"saved in {timer.seconds['saved']:.2f} s)")
     print(f"output: {out}")
+
+
+class _Timer:
+    """Wall time of each phase of a command, waiting for the GPU where there is one."""
+
+    def __init__(self, ghn):
+        self.device = next(ghn.parameters()).device
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, phase: str, work):
+        import torch
+
+        start = time.perf_counter()
+        value = work()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.seconds[phase] = time.perf_counter() - start
+        return value
 
 
 def _cmd_archs_sample(args: argparse.Namespace) -> None:
     from logah.archs import get_space, sample_archs, save_archs
 
     archs = sample_archs(get_space(args.space), args.n, args.seed)
-    print(f"sampled {len(archs)} architectures from {args.space} -> {save_archs(args.out, archs)}")
+    out = save_archs(args.out, archs, overwrite=args.overwrite)
+    print(f"sampled {len(archs)} architectures from {args.space} -> {out}")
 
 
 def _cmd_archs_describe(args: argparse.Namespace) -> None:
@@ -70,6 +95,11 @@ def _cmd_archs_describe(args: argparse.Namespace) -> None:
 
     description = describe_archs(load_archs(args.file))
     print(json.dumps(description) if args.json else format_description(description))
+
+
+def _default(value, default):
+    """An option's value, or ``default`` when it was not given (0 is a value, not "not given")."""
+    return default if value is None else value
 
 
 def _default_dataset(family: str) -> str:
@@ -101,19 +131,21 @@ def _train_config(args: argparse.Namespace):
 
 
 def _cmd_train_ghn(args: argparse.Namespace) -> None:
+    from logah.runs import METRICS_FILE
+    from logah.training import read_jsonl, train_ghn
+
     config = _train_config(args)
     config.validate()
     if args.workers:
         from logah.distributed import train_ghn_ray
 
-        _init_ray(args)
-        result = train_ghn_ray(config, args.out, workers=args.workers, use_gpu=args.gpu)
-        history = [result.metrics] if result.metrics else []
+        _prepare_ray(args)
+        train_ghn_ray(config, args.out, **_ray_options(args))
     else:
-        from logah.training import train_ghn
-
-        history = train_ghn(config, args.out, resume=args.resume,
-                            device="cuda" if args.gpu else "cpu")
+        _check_local_run(args)
+        train_ghn(config, args.out, resume=args.resume, overwrite=args.overwrite,
+                  device="cuda" if args.gpu else "cpu")
+    history = read_jsonl(Path(args.out) / METRICS_FILE)
     final = [m for m in history if any(k.startswith("heldout_") for k in m)]
     if final:
         shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in final[-1].items()}
@@ -134,7 +166,7 @@ def _finetune_config(args: argparse.Namespace):
                  "eval_every": args.eval_every}
     settings.update({k: v for k, v in overrides.items() if v is not None})
     data = DataConfig(dataset=args.data or _default_dataset(arch.family),
-                      batch_size=args.batch_size or (64 if is_vit else 16),
+                      batch_size=_default(args.batch_size, 64 if is_vit else 16),
                       block_size=args.block_size, tokenizer=args.tokenizer,
                       eval_batches=args.eval_batches)
     config = FinetuneConfig(target=arch_to_dict(arch), init=args.init, ghn=args.ghn, data=data,
@@ -148,16 +180,16 @@ def _cmd_finetune(args: argparse.Namespace) -> None:
     if args.workers:
         from logah.distributed import finetune_ray
         from logah.finetune import SUMMARY_FILE
+        from logah.io import read_json
 
-        _init_ray(args)
-        result = finetune_ray(config, args.out, workers=args.workers, use_gpu=args.gpu)
-        if result.error is not None:
-            raise LogahError(f"fine-tuning failed on Ray: {result.error}")
-        summary = json.loads((Path(args.out) / SUMMARY_FILE).read_text())
+        _prepare_ray(args)
+        finetune_ray(config, args.out, **_ray_options(args))
+        summary = read_json(Path(args.out) / SUMMARY_FILE, "fine-tuning summary")
     else:
         from logah.finetune import finetune
 
-        summary = finetune(config, args.out, resume=args.resume,
+        _check_local_run(args)
+        summary = finetune(config, args.out, resume=args.resume, overwrite=args.overwrite,
                            device="cuda" if args.gpu else "cpu")
     print("summary:", json.dumps({k: round(v, 4) if isinstance(v, float) else v
                                   for k, v in summary.items()}))
@@ -172,7 +204,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     arch = resolve_target(args.target)
     is_vit = isinstance(arch, ViTArch)
     data = DataConfig(dataset=args.data or _default_dataset(arch.family),
-                      batch_size=args.batch_size or (256 if is_vit else 16),
+                      batch_size=_default(args.batch_size, 256 if is_vit else 16),
                       block_size=args.block_size, tokenizer=args.tokenizer,
                       eval_split=args.split, eval_batches=args.eval_batches)
     metrics = evaluate_init(arch, args.init, data, ghn=args.ghn, seed=args.seed,
@@ -181,11 +213,31 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
                       "dataset": data.dataset, **metrics}))
 
 
-def _init_ray(args: argparse.Namespace) -> None:
-    import ray
+def _prepare_ray(args: argparse.Namespace) -> None:
+    """Connect to ``--address`` (or ``RAY_ADDRESS``, as in a ``ray job submit``); without one,
+    check at once that this machine can hold the workers (``run_on_ray`` then starts a private
+    local Ray, once it has checked the output folder)."""
+    from logah.distributed import check_resources, init_ray
 
-    ray.init(address=args.address, num_cpus=None if args.address else args.workers,
-             include_dashboard=False if not args.address else None, log_to_driver=False)
+    address = args.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        init_ray(address)
+        return
+    import torch
+
+    gpus = torch.cuda.device_count() if args.gpu else 0
+    check_resources(args.workers, use_gpu=args.gpu,
+                    available={"CPU": len(os.sched_getaffinity(0)), "GPU": gpus})
+
+
+def _check_local_run(args: argparse.Namespace) -> None:
+    if args.address or args.storage:
+        raise LogahError("--address and --storage are for runs on Ray (--workers N)")
+
+
+def _ray_options(args: argparse.Namespace) -> dict:
+    return {"workers": args.workers, "use_gpu": args.gpu, "storage": args.storage,
+            "resume": args.resume, "overwrite": args.overwrite}
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
@@ -193,12 +245,17 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     from logah.predict import predict_params, save_prediction
     from logah.targets import NAMED_TARGETS
 
+    from logah.io import check_replaceable
+
     out = Path(args.out)
+    names = ("vit-s", "gpt2-s")
+    for name in names:    # before predicting either, so a refusal leaves nothing half done
+        check_replaceable(out / name, "folder", args.overwrite)
     ghn = resolve_ghn("logah-t")
-    for name in ("vit-s", "gpt2-s"):
+    for name in names:
         start = time.perf_counter()
         params = predict_params(ghn, NAMED_TARGETS[name])
-        save_prediction(NAMED_TARGETS[name], params, out / name, overwrite=True)
+        save_prediction(NAMED_TARGETS[name], params, out / name, overwrite=args.overwrite)
         total = sum(t.numel() for t in params.values())
         print(f"{name}: predicted {total / 1e6:.1f}M parameters with an untrained logah-t "
               f"in {time.perf_counter() - start:.1f}s -> {out / name}")
@@ -209,9 +266,12 @@ def _add_run_options(p: argparse.ArgumentParser, verb: str, out_help: str) -> No
     """Where a training run executes and writes (shared by train-ghn and finetune)."""
     p.add_argument("--workers", type=int, default=0,
                    help=f"Ray Train workers (0: {verb} in this process without Ray)")
-    p.add_argument("--address", help="Ray cluster address (default: a local Ray)")
+    p.add_argument("--address", help="Ray cluster address (default: a private local Ray)")
+    p.add_argument("--storage", help="Ray Train storage, a path or URI every node reaches "
+                   "(default: OUT/ray, single-node clusters only)")
     p.add_argument("--gpu", action="store_true", help=f"{verb} on GPU (one per worker)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--overwrite", action="store_true", help="replace the run in --out")
     p.add_argument("--out", required=True, help=out_help)
 
 
@@ -230,6 +290,14 @@ def _add_text_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokenizer", default="bpe", help="text: bpe (trained, cached) or gpt2")
 
 
+def _targets_help() -> str:
+    from logah.targets import NAMED_TARGETS, TARGET_NOTES
+
+    width = max(map(len, NAMED_TARGETS))
+    return "named targets:\n" + "\n".join(f"  {name:<{width}}  {TARGET_NOTES[name]}"
+                                          for name in NAMED_TARGETS)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="logah", description="LoGAH: graph hypernetworks that predict ViT and GPT-2 parameters.")
@@ -240,10 +308,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_cmd_ghn_info)
 
-    p = sub.add_parser("predict", help="predict all parameters of a target and save them")
+    p = sub.add_parser("predict", help="predict all parameters of a target and save them",
+                       epilog=_targets_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ghn", required=True, help="checkpoint folder or preset name (untrained)")
     p.add_argument("--target", required=True,
-                   help="vit-s|vit-b|vit-l|gpt2-s|gpt2-m|gpt2-l or an architecture .json file")
+                   help="a named target (see below) or an architecture .json file")
     p.add_argument("--out", required=True, help="output folder (written atomically)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
@@ -256,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--n", type=int, default=None, help="number of architectures (space default)")
     q.add_argument("--seed", type=int, default=None, help="sampling seed (space default)")
     q.add_argument("--out", required=True, help="output .json or .parquet file")
+    q.add_argument("--overwrite", action="store_true", help="replace an existing file")
     q.set_defaults(func=_cmd_archs_sample)
     q = archs.add_parser("describe", help="count, depth/width/heads histograms, parameter counts")
     q.add_argument("file", help="a .json or .parquet architecture file")
@@ -318,8 +388,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu", action="store_true", help="evaluate on GPU")
     p.set_defaults(func=_cmd_evaluate)
 
-    p = sub.add_parser("demo", help="the quick-start job (what `make demo` runs)")
+    p = sub.add_parser("demo", help="the quick-start job: predict ViT-S and GPT-2-S with logah-t")
     p.add_argument("--out", default="runs/demo")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier demo's output")
     p.set_defaults(func=_cmd_demo)
     return parser
 
@@ -330,6 +401,10 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except LogahError as err:
         print(f"logah {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:   # the operating system refused a path: bad input, not a bug
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"logah {args.command}: error: {where}{err.strerror or err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"logah {args.command}: interrupted", file=sys.stderr)

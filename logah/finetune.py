@@ -30,16 +30,16 @@ from typing import Callable, Literal
 import numpy as np
 import torch
 import torch.distributed as dist
-from tqdm import tqdm
 
+from logah.devices import check_memory, resolve_device
 from logah.errors import LogahError
 from logah.inits import initial_model
-from logah.io import ConfigRecord
+from logah.io import FRACTION, NON_NEGATIVE, POSITIVE, SEED, ConfigRecord
 from logah.predict import load_predicted, save_prediction
-from logah.targets import Arch, GPT2Arch, arch_from_dict, forward
+from logah.progress import progress_bar
+from logah.targets import Arch, GPT2Arch, arch_from_dict, count_params, forward
 from logah.tasks import DataConfig, make_task
-from logah.training import (Reporter, lr_factor, read_run_state, report_with_checkpoint, step_seed,
-                            write_run_state)
+from logah.training import Reporter, lr_factor, read_run_state, step_seed, write_run_state
 
 STATE_FILE = "finetune_state.pt"
 CONFIG_FILE = "finetune_config.json"
@@ -76,17 +76,15 @@ class FinetuneConfig(ConfigRecord):
     def arch(self):
         return arch_from_dict(self.target)
 
+    bounds = {"lr": POSITIVE, "momentum": FRACTION, "weight_decay": NON_NEGATIVE,
+              "warmup_steps": NON_NEGATIVE, "steps": POSITIVE, "grad_clip": NON_NEGATIVE,
+              "eval_every": POSITIVE, "seed": SEED}
+
     def validate(self) -> None:
+        super().validate()     # every number finite and in ``bounds``; the data config
         self.arch.validate()
-        for name in ("steps", "eval_every"):
-            if getattr(self, name) <= 0:
-                raise LogahError(f"finetune config: {name} must be positive, got {getattr(self, name)}")
-        if self.lr <= 0 or self.weight_decay < 0 or self.grad_clip < 0 or self.warmup_steps < 0:
-            raise LogahError("finetune config: lr must be positive; weight_decay, grad_clip and "
-                             "warmup_steps non-negative")
         if self.optimizer not in ("sgd", "adamw"):
             raise LogahError(f"finetune config: optimizer must be sgd or adamw, got {self.optimizer!r}")
-
 
 
 # Optimisation settings. ``*-paper``: DESIGN.md §3.5 (ViT: SGD, momentum 0.9, wd 1e-2, cosine,
@@ -117,10 +115,12 @@ class Finetuner:
                  device: str | torch.device = "cpu", resume_from: Path | None = None):
         config.validate()
         self.config, self.rank, self.world_size = config, rank, world_size
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.task = make_task(config.arch, config.data, seed=config.seed, rank=rank,
                               world_size=world_size)
         self.arch = self.task.fit(config.arch)
+        check_memory(count_params(self.arch), self.device, _training_copies(config.optimizer),
+                     f"fine-tuning {self.arch.family} target")
         self.net = initial_model(self.arch, config.init, ghn=config.ghn, seed=config.seed,
                                  device=self.device)
         params = list(self.net.parameters())
@@ -203,8 +203,8 @@ class Finetuner:
         config = self.config
         if self.step == 0 and not self.history:
             self._log(report, {"step": 0, "zero_shot": True, **self.evaluate()}, checkpoint=False)
-        bar = tqdm(total=config.steps, initial=self.step, disable=not progress or self.rank != 0,
-                   desc=f"fine-tune ({config.init})", dynamic_ncols=True)
+        bar = progress_bar(f"fine-tune ({config.init})", total=config.steps, initial=self.step,
+                           enabled=progress and self.rank == 0)
         losses, start = [], time.perf_counter()
         while self.step < config.steps:
             losses.append(self.train_step())
@@ -215,7 +215,7 @@ class Finetuner:
             metrics = {"step": self.step, "train_loss": float(np.nanmean(losses)),
                        **self.evaluate(), "lr": self.scheduler.get_last_lr()[0],
                        "skipped_steps": self.skipped, "time_s": self.elapsed}
-            bar.set_postfix({self.metric: f"{metrics[self.metric]:.4g}"})
+            bar.update(0, **{self.metric: metrics[self.metric]})
             self._log(report, metrics, checkpoint=True)
             losses, start = [], time.perf_counter()
         bar.close()
@@ -223,10 +223,13 @@ class Finetuner:
 
     def _log(self, report: Reporter, metrics: dict, checkpoint: bool) -> None:
         self.history.append(metrics)
-        if checkpoint:
-            report_with_checkpoint(report, metrics, self.write_checkpoint, self.rank == 0)
-        else:
-            report(metrics, None)
+        report(metrics, self.write_checkpoint if checkpoint and self.rank == 0 else None)
+
+
+def _training_copies(optimizer: str) -> int:
+    """Float32 copies of the parameters that training holds: weights, gradients, the optimizer's
+    state (SGD momentum: one, AdamW moments: two) and the initialisation's transient copy."""
+    return 3 + (2 if optimizer == "adamw" else 1)
 
 
 @torch.no_grad()
@@ -235,8 +238,11 @@ def evaluate_init(target: Arch, init: str, data: DataConfig, *, ghn: str | Path 
     """Metrics of ``target`` as ``init`` leaves it, with no fine-tuning, on ``data.eval_split``:
     the zero-shot figure of a GHN (what step 0 of a fine-tuning run reports, on any split and
     any number of batches). Keys are prefixed with the split: ``test_accuracy``, ``val_perplexity``."""
+    data.validate()
+    device = resolve_device(device)
     task = make_task(target, data, seed=seed)
     arch = task.fit(target)
+    check_memory(count_params(arch), device, 2, f"evaluating {arch.family} target")
     net = initial_model(arch, init, ghn=ghn, seed=seed, device=device).eval()
     scores = task.evaluate(lambda x: forward(net, arch, x), device)
     return {f"{data.eval_split}_{name}": value for name, value in scores.items()}
@@ -251,9 +257,11 @@ def summarize(history: list[dict], metric: str, mode: str) -> dict:
     """Zero-shot, best and final values of ``metric`` in a fine-tuning history."""
     pick = max if mode == "max" else min
     values = [m[metric] for m in history if metric in m]
+    # a non-finite value (stored as null, logah.io.dumps) is no candidate for "best"
+    finite = [v for v in values if v is not None and math.isfinite(v)]
     zero = [m[metric] for m in history if m.get("zero_shot")]
     return {"metric": metric, f"zero_shot_{metric}": zero[0] if zero else None,
-            f"best_{metric}": pick(values), f"final_{metric}": values[-1],
+            f"best_{metric}": pick(finite) if finite else None, f"final_{metric}": values[-1],
             "steps": history[-1]["step"], "time_s": history[-1].get("time_s", 0.0)}
 
 
@@ -266,14 +274,16 @@ def export_finetuned(checkpoint: Path, out: Path) -> None:
 
 
 def finetune(config: FinetuneConfig, out: str | Path, *, resume: bool = False, device: str = "cpu",
-             progress: bool = True, on_metrics: Callable[[dict], None] | None = None) -> dict:
+             progress: bool = True, on_metrics: Callable[[dict], None] | None = None,
+             overwrite: bool = False) -> dict:
     """Fine-tune in this process (no Ray); returns the summary also written to ``out/summary.json``."""
     from logah.training import run_local
 
+    device = resolve_device(device)
     trainer = run_local(
         lambda resume_from: Finetuner(config, device=device, resume_from=resume_from),
         out, config_file=CONFIG_FILE, config=config.to_dict(), export=export_finetuned,
-        resume=resume, progress=progress, on_metrics=on_metrics)
+        resume=resume, progress=progress, on_metrics=on_metrics, overwrite=overwrite)
     return write_summary(trainer.history, out, *target_metric(trainer.arch))
 
 

@@ -35,7 +35,7 @@ from torch import nn
 from logah.decoders import DecodeTask, LowRankDecoder, TiledDecoder
 from logah.errors import LogahError
 from logah.graph import DEFAULT_EDGE_CUTOFF, PRIMITIVES, Graph
-from logah.io import ConfigRecord
+from logah.io import NON_NEGATIVE, POSITIVE, ConfigRecord
 from logah.layout import EMBEDDING, NORM, WEIGHT, node_canonical, split_node
 from logah.postprocess import postprocess, weight_scale
 
@@ -73,7 +73,10 @@ class GHNConfig(ConfigRecord):
     weight_scaling: Literal["fan-in", "mean-field"] = "fan-in"   # sqrt(β/fan_in) (He, the paper's)
                                      # or sqrt(β·G)/fan_in, G = unit_grid (logah.postprocess)
 
+    bounds = {"weight_beta": POSITIVE, "tile": NON_NEGATIVE, "unit_grid": NON_NEGATIVE}
+
     def validate(self) -> None:
+        super().validate()     # every number finite and in ``bounds``
         if self.decoder not in ("low-rank", "tiled"):
             raise LogahError(f"GHN decoder must be 'low-rank' or 'tiled', got {self.decoder!r}")
         for name in ("hidden", "layers", "heads", "rank", "max_width", "spatial", "num_classes",

@@ -1,76 +1,176 @@
-"""Atomic writes: outputs appear whole or not at all.
+"""Writing outputs: atomically, under one overwrite rule, with one set of permissions.
 
-Everything the platform writes (checkpoints, predicted parameters, architecture files, reports)
-goes through these helpers: the content is written under a temporary name in the same folder and
-renamed into place, so an interrupted or failed command never leaves a half-written file or
-folder that a later command could mistake for a good one.
+Everything the platform writes (checkpoints, predicted parameters, architecture files, reports,
+run records) goes through these helpers:
+
+* **atomic**: the content is written under a temporary name in the same folder and renamed into
+  place, so an interrupted or failed command never leaves a half-written file or folder that a
+  later command could mistake for a good one;
+* **one overwrite rule** (``check_replaceable``): an existing output is refused unless
+  ``overwrite`` is given, and even then a file never replaces a folder or the reverse. The final
+  rename itself refuses to replace an existing output, so two commands racing for one path
+  cannot both succeed with one silently replacing the other;
+* **one set of permissions**: files ``0666`` and folders ``0777`` less the process umask, whatever
+  library wrote them (``mkstemp``/``mkdtemp`` would leave ``0600``/``0700``);
+* **valid JSON** (``dumps``): a non-finite number is written as ``null``, never as ``NaN``;
+* **operating-system errors** on an output (``output_errors``) become one ``LogahError`` naming
+  the path.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
+import math
 import os
 import shutil
 import tempfile
+import typing
 from pathlib import Path
 from typing import Callable, Iterator
 
 from logah.errors import LogahError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()
+FILE_MODE = 0o666 & ~_UMASK
+DIR_MODE = 0o777 & ~_UMASK
+
+
+@contextlib.contextmanager
+def output_errors(path: str | Path) -> Iterator[None]:
+    """Turn an ``OSError`` raised while writing ``path`` into one ``LogahError`` naming the
+    path that failed (no space, no permission, a parent that is a file, ...)."""
+    try:
+        yield
+    except OSError as err:
+        reason = err.strerror or str(err)
+        if isinstance(err, (FileExistsError, NotADirectoryError)):
+            blocking = next((p for p in Path(path).parents if p.exists() and not p.is_dir()), None)
+            if blocking is not None:
+                reason = f"{blocking} is a file, not a folder"
+        raise LogahError(f"cannot write {path}: {reason}") from None
+
+
+def check_replaceable(path: str | Path, kind: str, overwrite: bool) -> None:
+    """The overwrite rule of every command that writes: ``path`` (a ``"file"`` or a ``"folder"``
+    output) may exist only with ``overwrite``, and then only as the same kind. An empty folder
+    counts as absent."""
+    path = Path(path)
+    if not (path.exists() or path.is_symlink()):
+        return
+    is_dir = path.is_dir()
+    if is_dir != (kind == "folder"):
+        raise LogahError(f"output {path} exists and is {'a folder' if is_dir else 'not a folder'}; "
+                         f"this command writes a {kind} there")
+    if not overwrite and not (is_dir and not any(path.iterdir())):
+        raise LogahError(f"output {path} already exists (use --overwrite to replace it)")
+
+
+def _set_modes(root: Path) -> None:
+    os.chmod(root, DIR_MODE if root.is_dir() else FILE_MODE)
+    for folder, dirs, files in os.walk(root):
+        for name in dirs:
+            os.chmod(os.path.join(folder, name), DIR_MODE)
+        for name in files:
+            os.chmod(os.path.join(folder, name), FILE_MODE)
+
+
+def _already_exists(path: Path) -> LogahError:
+    return LogahError(f"output {path} already exists (another command wrote it meanwhile; "
+                      f"use --overwrite to replace it)")
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | Path, *, overwrite: bool = False, cache: bool = False) -> Iterator[Path]:
     """Yield a temporary folder that becomes ``path`` when the block succeeds.
 
-    With ``overwrite`` an existing ``path`` is replaced (the old one is removed only after the
-    new one is complete); without it, an existing non-empty ``path`` is an error. With ``cache``
-    (cache entries that any process may build), losing a race to another process that created
-    ``path`` meanwhile is fine: theirs is kept and ours discarded.
+    Without ``overwrite`` an existing non-empty ``path`` is an error, before and at the final
+    rename. With ``overwrite`` an existing folder is replaced (the old one is removed only after
+    the new one is complete). With ``cache`` (cache entries that any process may build), losing
+    a race to another process that created ``path`` meanwhile is fine: theirs is kept.
     """
     path = Path(path)
-    if path.exists() and not (overwrite or cache) and (not path.is_dir() or any(path.iterdir())):
-        raise LogahError(f"output {path} already exists (use --overwrite to replace it)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    tmp.chmod(0o755)   # mkdtemp's 0700 would leave outputs unreadable to other users
+    if not cache:
+        check_replaceable(path, "folder", overwrite)
+    with output_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
         yield tmp
+        with output_errors(path):
+            _set_modes(tmp)
+            _rename_into_place(tmp, path, overwrite=overwrite, cache=cache)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if cache:
-        try:
-            os.replace(tmp, path)
-        except OSError:
-            shutil.rmtree(tmp, ignore_errors=True)
-            if not path.exists():
-                raise
-        return
-    old = None
-    if path.exists():
+
+
+def _rename_into_place(tmp: Path, path: Path, *, overwrite: bool, cache: bool) -> None:
+    if overwrite and path.is_dir() and any(path.iterdir()):
         old = path.parent / f".{path.name}.old-{os.getpid()}"
         path.rename(old)
-    tmp.rename(path)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
+        tmp.rename(path)
+        shutil.rmtree(old, ignore_errors=True)
+        return
+    try:
+        os.rename(tmp, path)   # replaces an empty folder, never a non-empty one or a file
+    except OSError as err:
+        if err.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not cache:
+            raise _already_exists(path) from None
 
 
-def atomic_file(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` on a temporary file beside ``path`` (same suffix), then rename it."""
+def atomic_file(path: str | Path, write: Callable[[Path], None], *, overwrite: bool = True) -> Path:
+    """Call ``write(tmp)`` on a temporary file beside ``path`` (same suffix), then rename it into
+    place. Without ``overwrite`` an existing ``path`` is refused, also at the rename (a hard link,
+    which fails if another process created ``path`` meanwhile)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
+    check_replaceable(path, "file", overwrite)
+    with output_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", suffix=path.suffix, dir=path.parent)
+        os.close(fd)
     try:
         write(Path(tmp))
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
+        with output_errors(path):
+            os.chmod(tmp, FILE_MODE)
+            if overwrite:
+                os.replace(tmp, path)
+            else:
+                try:
+                    os.link(tmp, path)
+                except FileExistsError:
+                    raise _already_exists(path) from None
+    finally:
         Path(tmp).unlink(missing_ok=True)
-        raise
     return path
+
+
+def _finite(value):
+    """``value`` with every non-finite float replaced by None (JSON has no NaN or infinity)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def dumps(value, indent: int | None = None) -> str:
+    """Valid JSON for ``value``: non-finite numbers become ``null``."""
+    return json.dumps(_finite(value), indent=indent, allow_nan=False)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -79,7 +179,7 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 
 def write_json(path: str | Path, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    atomic_write_text(path, dumps(obj, indent=2) + "\n")
 
 
 def read_json(path: str | Path, what: str) -> dict:
@@ -89,6 +189,8 @@ def read_json(path: str | Path, what: str) -> dict:
         value = json.loads(path.read_text())
     except FileNotFoundError:
         raise LogahError(f"{what}: {path} not found") from None
+    except IsADirectoryError:
+        raise LogahError(f"{what}: {path} is a folder, not a JSON file") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise LogahError(f"{what}: {path} is not valid JSON ({err})") from None
     if not isinstance(value, dict):
@@ -96,16 +198,72 @@ def read_json(path: str | Path, what: str) -> dict:
     return value
 
 
+@dataclasses.dataclass(frozen=True)
+class Interval:
+    """Allowed values of a numeric config field, e.g. ``Interval(0, low_open=True)`` for > 0."""
+
+    low: float = -math.inf
+    high: float = math.inf
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        return above and below
+
+    def __str__(self) -> str:
+        if self.high == math.inf:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        return (f"in {'(' if self.low_open else '['}{self.low:g}, "
+                f"{self.high:g}{')' if self.high_open else ']'}")
+
+
+POSITIVE = Interval(0, low_open=True)
+NON_NEGATIVE = Interval(0)
+FRACTION = Interval(0, 1, high_open=True)       # [0, 1): decays, momenta
+SEED = Interval(0, 2**32 - 1)                    # what numpy and torch both accept
+
+
 class ConfigRecord:
-    """Mixin for the config dataclasses that are stored as JSON: ``to_dict`` and a validating
-    ``from_dict``. A subclass names itself in error messages (``record_name``) and lists its
-    fields that are config records themselves (``nested_records``: field name -> class)."""
+    """Mixin for the config dataclasses that are stored as JSON: ``to_dict``, a validating
+    ``from_dict``, and the one check of every numeric field (``validate``), which the CLI, the
+    Python API and the studies all go through.
+
+    A subclass names itself in error messages (``record_name``), lists its fields that are
+    config records themselves (``nested_records``: field name -> class) and the allowed range of
+    its numeric fields (``bounds``: field name -> ``Interval``). Every ``int`` / ``float`` field
+    must hold a finite number of its type (an ``int`` is a ``float`` too; a bool is neither);
+    a subclass's own ``validate`` calls ``super().validate()`` and then checks what relates
+    fields to each other.
+    """
 
     record_name = "config"
     nested_records: dict[str, type] = {}
+    bounds: dict[str, Interval] = {}
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def validate(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, ConfigRecord):
+                value.validate()
+                continue
+            kind = hints.get(f.name)
+            if kind not in (int, float):
+                continue
+            allowed = (int,) if kind is int else (int, float)
+            if isinstance(value, bool) or not isinstance(value, allowed):
+                expected = "an integer" if kind is int else "a number"
+                raise LogahError(f"{self.record_name}: {f.name} must be {expected}, got {value!r}")
+            if not math.isfinite(value):
+                raise LogahError(f"{self.record_name}: {f.name} must be a finite number, got {value!r}")
+            interval = self.bounds.get(f.name)
+            if interval is not None and value not in interval:
+                raise LogahError(f"{self.record_name}: {f.name} must be {interval}, got {value!r}")
 
     @classmethod
     def from_dict(cls, record: dict):
@@ -124,6 +282,5 @@ class ConfigRecord:
             config = cls(**record)
         except TypeError as err:
             raise LogahError(f"{what}: {err}") from None
-        if hasattr(config, "validate"):
-            config.validate()
+        config.validate()
         return config

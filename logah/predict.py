@@ -21,21 +21,40 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.func import functional_call
 
+from logah.devices import check_memory
 from logah.errors import LogahError
 from logah.ghn import GHN
-from logah.graph import graph_of
+from logah.graph import Graph, graph_of
 from logah.io import atomic_dir, read_json, write_json
-from logah.targets import Arch, GPT2Arch, arch_from_dict, arch_to_dict, build_model
+from logah.targets import Arch, GPT2Arch, arch_from_dict, arch_to_dict, build_model, count_params
 
 ARCH_FILE = "arch.json"
 VIT_WEIGHTS = "model.safetensors"
 SHARD_SIZE = "500MB"   # bounds the extra memory of writing a 3 GB GPT-2-L to one shard
 
 
+# Float32 copies of a target's parameters alive at once while predicting and saving them: the
+# decoded tensors, their post-processed values, and the contiguous copies a save may make.
+PREDICT_COPIES = 3
+
+
 @torch.no_grad()
-def predict_params(ghn: GHN, arch: Arch) -> dict[str, torch.Tensor]:
-    """Every parameter of ``arch``, predicted by ``ghn`` (no gradients kept)."""
-    return ghn([graph_of(arch, ghn.config.edge_cutoff)])[0]
+def predict_params(ghn: GHN, arch: Arch, graph: Graph | None = None) -> dict[str, torch.Tensor]:
+    """Every parameter of ``arch``, predicted by ``ghn`` (no gradients kept); ``graph``: the
+    graph of ``arch`` when the caller has traced it already. A target too large for the
+    memory of the GHN's device is refused before anything is allocated."""
+    device = next(ghn.parameters()).device
+    check_memory(count_params(arch), device, PREDICT_COPIES, f"predicting {arch.family} target")
+    return ghn([graph or graph_of(arch, ghn.config.edge_cutoff)])[0]
+
+
+def check_finite(params: dict[str, torch.Tensor], what: str) -> None:
+    """Refuse to save a model with a NaN or infinite parameter: it would only be an error later,
+    far from its cause (a diverged run, an lr too large)."""
+    for name, tensor in params.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise LogahError(f"{what}: parameter {name} is not finite (NaN or inf); the run "
+                             f"diverged (try a smaller learning rate)")
 
 
 def bound_forward(model: nn.Module, params: dict[str, torch.Tensor], arch: Arch,
@@ -62,6 +81,7 @@ def save_prediction(arch: Arch, params: dict[str, torch.Tensor], out: str | Path
                     overwrite: bool = False) -> Path:
     """Write predicted parameters in the form described in the module docstring, atomically."""
     state = {name: t.detach() for name, t in params.items()}
+    check_finite(state, f"saving {out}")
     with atomic_dir(out, overwrite=overwrite) as tmp:
         write_json(tmp / ARCH_FILE, arch_to_dict(arch))
         if isinstance(arch, GPT2Arch):
@@ -80,11 +100,32 @@ def load_predicted(path: str | Path) -> tuple[Arch, nn.Module]:
     path = Path(path)
     arch = arch_from_dict(read_json(path / ARCH_FILE, "predicted-parameters folder"))
     if isinstance(arch, GPT2Arch):
-        from transformers import GPT2LMHeadModel
-
-        return arch, GPT2LMHeadModel.from_pretrained(path, local_files_only=True)
+        return arch, _load_gpt2(path)
     try:
         state = load_file(str(path / VIT_WEIGHTS))
     except (FileNotFoundError, SafetensorError, OSError) as err:
         raise LogahError(f"{path / VIT_WEIGHTS}: missing or corrupt ({err})") from None
     return arch, materialize(arch, state)
+
+
+def _load_gpt2(path: Path) -> nn.Module:
+    """The Hugging Face folder at ``path``, from safetensors only (a pickled
+    ``pytorch_model.bin`` beside it is never read) and with every weight present."""
+    from transformers import GPT2LMHeadModel
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        model, info = GPT2LMHeadModel.from_pretrained(path, local_files_only=True,
+                                                      use_safetensors=True,
+                                                      output_loading_info=True)
+    except (OSError, ValueError, RuntimeError, SafetensorError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise LogahError(f"{path}: not a loadable GPT-2 folder ({reason})") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    if info["missing_keys"] or info["mismatched_keys"]:
+        raise LogahError(f"{path}: weights missing or of the wrong shape "
+                         f"({(info['missing_keys'] + info['mismatched_keys'])[:3]})")
+    return model

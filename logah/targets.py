@@ -137,15 +137,34 @@ def load_arch_json(path: str | Path) -> Arch:
     return arch_from_dict(read_json(path, "architecture file"))
 
 
-# Paper targets (App. C, Tabs. 6-7). ViTs at CIFAR resolution (32x32, patch 2, 100 classes);
-# GPT-2s untied, as the paper evaluates them.
+# Paper targets (App. C, Tabs. 6-7). ViTs at CIFAR resolution (32x32, patch 2, 100 classes):
+# the paper's ViT-B is a ViT-B/2, not torchvision's ImageNet ViT-B/16; those are here too, under
+# torchvision's names with dashes. GPT-2s untied, as the paper evaluates them.
 NAMED_TARGETS: dict[str, Arch] = {
     "vit-s": ViTArch(num_layers=12, hidden_dim=384, num_heads=6, mlp_dim=1536),
     "vit-b": ViTArch(num_layers=12, hidden_dim=768, num_heads=12, mlp_dim=3072),
     "vit-l": ViTArch(num_layers=24, hidden_dim=1024, num_heads=16, mlp_dim=4096),
+    **{f"vit-{size}-{patch}": ViTArch(num_layers=layers, hidden_dim=width, num_heads=heads,
+                                      mlp_dim=4 * width, image_size=224, patch_size=patch,
+                                      num_classes=1000)
+       for size, layers, width, heads, patches in (("b", 12, 768, 12, (16, 32)),
+                                                   ("l", 24, 1024, 16, (16, 32)),
+                                                   ("h", 32, 1280, 16, (14,)))
+       for patch in patches},
     "gpt2-s": GPT2Arch(n_layer=12, n_embd=768, n_head=12),
     "gpt2-m": GPT2Arch(n_layer=24, n_embd=1024, n_head=16),
     "gpt2-l": GPT2Arch(n_layer=36, n_embd=1280, n_head=20),
+}
+
+TARGET_NOTES: dict[str, str] = {
+    "vit-s": "the paper's CIFAR ViT-S/2: 12 layers, width 384, 32 px, patch 2, 100 classes",
+    "vit-b": "the paper's CIFAR ViT-B/2: 12 layers, width 768, 32 px, patch 2, 100 classes",
+    "vit-l": "the paper's CIFAR ViT-L/2: 24 layers, width 1024, 32 px, patch 2, 100 classes",
+    **{f"vit-{s}-{p}": f"torchvision's vit_{s}_{p}: ImageNet, 224 px, patch {p}, 1000 classes"
+       for s, p in (("b", 16), ("b", 32), ("l", 16), ("l", 32), ("h", 14))},
+    "gpt2-s": "GPT-2 small (124M with tied embeddings; untied here, as in the paper)",
+    "gpt2-m": "GPT-2 medium, untied",
+    "gpt2-l": "GPT-2 large, untied",
 }
 
 

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from logah.data import get_tokenizer, load_image_dataset, load_text_dataset, shard_indices
 from logah.errors import LogahError
-from logah.io import ConfigRecord
+from logah.io import NON_NEGATIVE, POSITIVE, ConfigRecord, Interval
 from logah.targets import Arch, GPT2Arch, ViTArch
 
 ForwardFn = Callable[[torch.Tensor], torch.Tensor]
@@ -42,6 +42,9 @@ class DataConfig(ConfigRecord):
     augment: bool = False            # random crops/flips of training images
     eval_split: str = "val"          # "val" (held out from train) or "test" (images only)
     eval_batches: int = 10           # batches per evaluation (0: the whole split)
+
+    bounds = {"batch_size": POSITIVE, "block_size": Interval(2), "vocab_size": POSITIVE,
+              "eval_batches": NON_NEGATIVE}
 
 
 class _Task:

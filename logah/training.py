@@ -25,6 +25,7 @@ workers, where ``torch.distributed`` is initialised and the GHN is wrapped in DD
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
@@ -32,31 +33,34 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from tqdm import tqdm
 
 from logah.archs import get_space, sample_archs, space_from_dict, space_to_dict
 from logah.checkpoint import write_ghn_files
+from logah.devices import resolve_device
 from logah.errors import LogahError
-from logah.io import ConfigRecord, atomic_dir, atomic_file, atomic_write_text, read_json, write_json
+from logah.io import (FRACTION, NON_NEGATIVE, POSITIVE, SEED, ConfigRecord, atomic_dir, atomic_file,
+                      atomic_write_text, dumps, read_json, write_json)
 from logah.ghn import GHN, GHNConfig, build_ghn
 from logah.graph import Graph, graph_of
 from logah.presets import get_preset
+from logah.progress import progress_bar
 from logah.targets import Arch, build_model
 from logah.predict import bound_forward
+from logah.runs import METRICS_FILE, SCRATCH_PREFIX, run_folder
 from logah.tasks import DataConfig, make_task
 
 STATE_FILE = "train_state.pt"
-METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "train_config.json"
 HELD_OUT_SEED_OFFSET = 1_000_003   # held-out architectures come from a disjoint seed
 
-Reporter = Callable[[dict, "Path | None"], None]
+# report(metrics, write): ``write`` fills a folder with a checkpoint of this record, or is None
+Reporter = Callable[[dict, "Callable[[Path], None] | None"], None]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -87,14 +91,15 @@ class TrainConfig(ConfigRecord):
         # keep the space record in its JSON form, so a config read back from disk compares equal
         object.__setattr__(self, "space", json.loads(json.dumps(self.space)))
 
-    def validate(self) -> None:
-        self.ghn.validate()
-        for name in ("steps", "meta_batch", "checkpoint_every", "log_every"):
-            if getattr(self, name) <= 0:
-                raise LogahError(f"train config: {name} must be positive, got {getattr(self, name)}")
-        if not 0 <= self.ema_decay < 1:
-            raise LogahError(f"train config: ema_decay must be in [0, 1), got {self.ema_decay}")
+    bounds = {"steps": POSITIVE, "meta_batch": POSITIVE, "lr": POSITIVE,
+              "weight_decay": NON_NEGATIVE, "warmup_steps": NON_NEGATIVE,
+              "grad_clip": POSITIVE, "predparam_wd": NON_NEGATIVE, "ema_decay": FRACTION,
+              "seed": SEED, "checkpoint_every": POSITIVE, "log_every": POSITIVE,
+              "heldout_archs": POSITIVE}
 
+    def validate(self) -> None:
+        super().validate()     # every number finite and in ``bounds``; the GHN and data configs
+        space_from_dict(self.space)   # a space validates itself as it is built
 
 
 def lr_factor(step: int, warmup: int, total: int) -> float:
@@ -238,8 +243,8 @@ class GHNTrainer:
     # --- the loop ----------------------------------------------------------------------------
     def run(self, report: Reporter, progress: bool = True) -> list[dict]:
         config = self.config
-        bar = tqdm(total=config.steps, initial=self.step, disable=not progress or self.rank != 0,
-                   desc="train GHN", dynamic_ncols=True)
+        bar = progress_bar("train GHN", total=config.steps, initial=self.step,
+                           enabled=progress and self.rank == 0)
         window_start, window_steps, losses = time.perf_counter(), 0, []
         while self.step < config.steps:
             out = self.train_step()
@@ -260,11 +265,9 @@ class GHNTrainer:
                 metrics.update(self.evaluate())
                 metrics.update(self._rank_agreement())
             self.history.append(metrics)
-            bar.set_postfix(loss=f"{metrics['loss']:.3f}")
-            if checkpoint:
-                report_with_checkpoint(report, metrics, self.write_checkpoint, self.rank == 0)
-            else:
-                report(metrics, None)
+            bar.update(0, loss=metrics["loss"])
+            writer = self.write_checkpoint if checkpoint and self.rank == 0 else None
+            report(metrics, writer)
             window_start, window_steps, losses = time.perf_counter(), 0, []
         bar.close()
         return self.history
@@ -287,8 +290,8 @@ def write_run_state(folder: Path, state: dict, state_file: str, history: list[di
     """The resumable part of a checkpoint: ``state`` (tensors and numbers only, so it loads with
     ``weights_only=True``), the metric history and the run's config."""
     torch.save(state, folder / state_file)
-    (folder / METRICS_FILE).write_text("".join(json.dumps(m) + "\n" for m in history))
-    (folder / config_file).write_text(json.dumps(config.to_dict(), indent=2))
+    (folder / METRICS_FILE).write_text(jsonl(history))
+    (folder / config_file).write_text(dumps(config.to_dict(), indent=2))
 
 
 def read_run_state(folder: Path, state_file: str, config: ConfigRecord, config_file: str,
@@ -304,39 +307,64 @@ def read_run_state(folder: Path, state_file: str, config: ConfigRecord, config_f
         raise LogahError(f"cannot resume: {folder / state_file} not found") from None
     except Exception as err:   # torch raises several types for corrupt pickles
         raise LogahError(f"cannot resume from {folder}: {state_file} is unreadable ({err})") from None
-    lines = (folder / METRICS_FILE).read_text().splitlines()
-    return state, [json.loads(line) for line in lines if line.strip()]
+    return state, read_jsonl(folder / METRICS_FILE)
 
 
-def report_with_checkpoint(report: Reporter, metrics: dict, write: Callable[[Path], None],
-                           writer: bool) -> None:
-    """Report ``metrics`` with a checkpoint that ``write`` fills in a temporary folder (only on
-    the writing rank; Ray Train keeps rank 0's), removed once the reporter has copied it."""
-    folder = Path(tempfile.mkdtemp(prefix="logah-ckpt-"))
+def jsonl(records: list[dict]) -> str:
+    """Metric records as JSON lines (valid JSON: a non-finite value is written as null)."""
+    return "".join(dumps(record) + "\n" for record in records)
+
+
+def read_jsonl(path: Path) -> list[dict]:
     try:
-        if writer:
-            write(folder)
-        report(metrics, folder if writer else None)
+        lines = path.read_text().splitlines()
+        return [json.loads(line) for line in lines if line.strip()]
+    except (OSError, json.JSONDecodeError) as err:
+        raise LogahError(f"cannot read metrics {path}: {err}") from None
+
+
+@contextlib.contextmanager
+def scratch_folder(parent: Path) -> Iterator[Path]:
+    """A temporary folder for a checkpoint being written, inside ``parent`` (the run folder, or
+    Ray's session folder on a worker) rather than the system temp dir; removed afterwards, and
+    by ``logah.runs`` when a killed run leaves one behind."""
+    folder = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=parent))
+    try:
+        yield folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
 
 class LocalReporter:
-    """Report function for runs without Ray: metrics appended to ``out/metrics.jsonl`` and each
-    checkpoint handed to ``export`` (which leaves the run's usable output in ``out``)."""
+    """Report function for runs without Ray: metrics appended to ``out/metrics.jsonl``, and each
+    checkpoint written in a scratch folder of ``out`` and handed to ``export`` (which leaves the
+    run's usable output in ``out``). Ray runs record through the same ``record``."""
 
     def __init__(self, out: Path, export: Callable[[Path, Path], None],
                  on_metrics: Callable[[dict], None] | None = None):
         self.out, self.export, self.on_metrics = Path(out), export, on_metrics
         self.out.mkdir(parents=True, exist_ok=True)
 
-    def __call__(self, metrics: dict, checkpoint: Path | None) -> None:
-        with open(self.out / METRICS_FILE, "a") as f:
-            f.write(json.dumps(metrics) + "\n")
-        if checkpoint is not None:
-            self.export(checkpoint, self.out)
+    def __call__(self, metrics: dict, write: Callable[[Path], None] | None) -> None:
+        if write is None:
+            self.record(metrics, None)
+        else:
+            with scratch_folder(self.out) as folder:
+                write(folder)
+                self.record(metrics, folder)
         if self.on_metrics is not None:   # after the export, so a caller may stop the run here
             self.on_metrics(metrics)
+
+    def record(self, metrics: dict, checkpoint: Path | None) -> None:
+        """Append ``metrics``; with a checkpoint, export it and take its metric history, which
+        ends with ``metrics`` (records logged after the previous checkpoint by a run that was
+        then restarted from it are dropped with it)."""
+        if checkpoint is None:
+            with open(self.out / METRICS_FILE, "a") as f:
+                f.write(jsonl([metrics]))
+            return
+        self.export(checkpoint, self.out)
+        atomic_write_text(self.out / METRICS_FILE, (checkpoint / METRICS_FILE).read_text())
 
 
 def copy_tree_atomic(source: Path, target: Path) -> None:
@@ -357,30 +385,28 @@ def export_checkpoint(checkpoint: Path, out: Path) -> None:
 
 def run_local(make_trainer: Callable[["Path | None"], "GHNTrainer"], out: str | Path, *,
               config_file: str, config: dict, export: Callable[[Path, Path], None],
-              resume: bool, progress: bool, on_metrics: Callable[[dict], None] | None = None):
-    """Run a trainer (GHN training or fine-tuning) in this process, writing to ``out``:
-    refuses to overwrite a run unless resuming, resumes from ``out/checkpoint``, passes every
-    metrics record to ``on_metrics``, and returns the trainer once its ``run`` has finished."""
-    out = Path(out)
-    checkpoint = out / "checkpoint"
-    if out.exists() and any(out.iterdir()) and not resume:
-        raise LogahError(f"output {out} already exists (use --resume to continue it)")
-    if resume and not checkpoint.is_dir():
-        raise LogahError(f"cannot resume: {checkpoint} does not exist")
-    trainer = make_trainer(checkpoint if resume else None)
-    out.mkdir(parents=True, exist_ok=True)
-    # metrics logged after the last checkpoint of an interrupted run are dropped with it
-    atomic_write_text(out / METRICS_FILE, "".join(json.dumps(m) + "\n" for m in trainer.history))
-    write_json(out / config_file, config)
-    trainer.run(LocalReporter(out, export, on_metrics), progress=progress)
+              resume: bool, progress: bool, on_metrics: Callable[[dict], None] | None = None,
+              overwrite: bool = False):
+    """Run a trainer (GHN training or fine-tuning) in this process, writing to ``out``, which
+    it holds as ``logah.runs.run_folder`` says (one run per folder, resume from
+    ``out/checkpoint``, nothing left behind by a run that never checkpointed); passes every
+    metrics record to ``on_metrics`` and returns the trainer once its ``run`` has finished."""
+    with run_folder(out, config_file=config_file, resume=resume, overwrite=overwrite) as folder:
+        trainer = make_trainer(folder.checkpoint if folder.resume else None)
+        # metrics logged after the last checkpoint of an interrupted run are dropped with it
+        atomic_write_text(folder.path / METRICS_FILE, jsonl(trainer.history))
+        write_json(folder.path / config_file, config)
+        trainer.run(LocalReporter(folder.path, export, on_metrics), progress=progress)
     return trainer
 
 
 def train_ghn(config: TrainConfig, out: str | Path, *, resume: bool = False, device: str = "cpu",
-              progress: bool = True, on_metrics: Callable[[dict], None] | None = None) -> list[dict]:
+              progress: bool = True, on_metrics: Callable[[dict], None] | None = None,
+              overwrite: bool = False) -> list[dict]:
     """Train in this process (no Ray) and leave a GHN checkpoint folder at ``out``."""
+    device = resolve_device(device)
     trainer = run_local(lambda resume_from: GHNTrainer(config, device=device, resume_from=resume_from),
                         out, config_file=CONFIG_FILE, config=config.to_dict(),
                         export=export_checkpoint, resume=resume, progress=progress,
-                        on_metrics=on_metrics)
+                        on_metrics=on_metrics, overwrite=overwrite)
     return trainer.history

@@ -103,3 +103,63 @@ def test_archs_sample_and_describe_json(tmp_path, capsys):
     assert main(["archs", "sample", "--space", "vits-1k", "--n", "0", "--out",
                  str(tmp_path / "bad.json")]) == 2
     assert not (tmp_path / "bad.json").exists()
+
+
+def test_ghn_info_reads_a_checkpoint_folder(tmp_path, capsys):
+    from logah.checkpoint import save_ghn
+    from logah.ghn import build_ghn
+    from logah.presets import get_preset
+
+    ghn = build_ghn(get_preset("logah-test"))
+    save_ghn(ghn, tmp_path / "ckpt", {"step": 7})
+    assert main(["ghn-info", str(tmp_path / "ckpt"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["params"] == sum(p.numel() for p in ghn.parameters())
+    assert info["config"] == ghn.config.to_dict()
+    (tmp_path / "empty").mkdir()
+    assert main(["ghn-info", str(tmp_path / "empty")]) == 2
+    assert "not a GHN checkpoint" in capsys.readouterr().err
+
+
+def test_predict_reports_prediction_and_save_times_separately(tmp_path, capsys):
+    assert main(["predict", "--ghn", "logah-test", "--target", "vit-cpu-target",
+                 "--out", str(tmp_path / "out")]) == 0
+    line = capsys.readouterr().out.splitlines()[0]
+    import re
+    assert re.fullmatch(r"predicted \d+\.\dM parameters of vit-cpu-target in \d+\.\d\d s "
+                        r"\(graph traced in \d+\.\d\d s, saved in \d+\.\d\d s\)", line), line
+
+
+def test_named_targets_say_what_they_are():
+    """vit-b is the paper's CIFAR ViT-B/2; torchvision's ImageNet ViTs exist under their names."""
+    import torch
+    import torchvision.models
+
+    from logah.targets import NAMED_TARGETS, build_model
+
+    help_text = subprocess.run([sys.executable, "-m", "logah.cli", "predict", "--help"],
+                               capture_output=True, text=True).stdout
+    assert "vit-b  " in help_text and "CIFAR ViT-B/2" in help_text and "vit-b-16" in help_text
+    assert NAMED_TARGETS["vit-b"].patch_size == 2 and NAMED_TARGETS["vit-b"].image_size == 32
+    for name in ("vit_b_16", "vit_b_32", "vit_l_16", "vit_l_32", "vit_h_14"):
+        with torch.device("meta"):
+            reference = getattr(torchvision.models, name)()
+        ours = build_model(NAMED_TARGETS[name.replace("_", "-")])
+        assert ({k: v.shape for k, v in ours.state_dict().items()}
+                == {k: v.shape for k, v in reference.state_dict().items()}), name
+
+
+def test_progress_is_plain_lines_when_not_a_terminal():
+    import io
+
+    from logah.progress import PlainProgress, progress_bar
+
+    stream = io.StringIO()
+    bar = progress_bar("train GHN", total=40, stream=stream)
+    assert isinstance(bar, PlainProgress)
+    for _ in range(40):
+        bar.update(1, loss=1.5)
+    bar.close()
+    lines = stream.getvalue().splitlines()
+    assert "\r" not in stream.getvalue() and len(lines) == 10
+    assert lines[-1].startswith("train GHN: 40/40 (100%) loss=1.5 [")

@@ -156,7 +156,10 @@ def test_cli_finetune_writes_metrics_and_weights(ghns, tmp_path, capsys):
                  str(ghns["vit", "low-rank"]), "--data", "digits", "--steps", "2",
                  "--eval-every", "1", "--eval-batches", "1", "--batch-size", "16",
                  "--out", str(out)]) == 0
-    assert "final_val_accuracy" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "final_val_accuracy" in captured.out
+    # progress to a file or pipe: plain lines, no carriage-return bar
+    assert "fine-tune (logah): 2/2 (100%)" in captured.err and "\r" not in captured.err
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 3
     arch, _ = load_finetuned(out)
     assert arch.hidden_dim == 96 and arch.num_classes == 10
