@@ -24,3 +24,12 @@ TIED_GPT = GPT2Arch(n_layer=2, n_embd=32, n_head=2, vocab_size=100, n_positions=
 def ghn(request):
     """An untrained GHN of each decoder kind, seeded."""
     return build_ghn(get_preset(request.param), seed=0)
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    """A real PostgreSQL server on loopback for this module, deleted afterwards."""
+    from postgres_server import PostgresServer
+
+    with PostgresServer() as url:
+        yield url
