@@ -19,6 +19,11 @@ $(STAMP): pyproject.toml requirements-data.txt
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist) \
 	  || echo "warning: could not install dataset-fashion-mnist (run as root); Fashion-MNIST will be unavailable offline"; \
 	fi
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	  echo "installing Debian package postgresql (the shared-study tests start a throw-away server)"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql) \
+	  || echo "warning: could not install postgresql (run as root); the PostgreSQL tests will fail"; \
+	fi
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
