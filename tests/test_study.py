@@ -155,3 +155,110 @@ def test_smoke_rank_sweep_tables_failures_and_shared_ghns(smoke_study):
     states = {t.user_attrs["tune_trial_id"]: t.state.name for t in ot}
     assert {states[i] for i in failed["trial_id"]} == {"FAIL"}
     assert {states[i] for i in done["trial_id"]} == {"COMPLETE"}
+
+
+def trial_records(folder: Path) -> dict[str, dict]:
+    records = {}
+    for path in (folder / "trials").glob("*/record.json"):
+        try:
+            records[path.parent.name] = json.loads(path.read_text())
+        except json.JSONDecodeError:   # being replaced right now
+            continue
+    return records
+
+
+@pytest.mark.slow
+def test_a_killed_study_resumes_without_rerunning_or_losing_trials(tmp_path):
+    storage = tmp_path / "studies"
+    args = ["--preset", "smoke", "--storage", str(storage), "--name", "r",
+            "--sweep", "finetune.seed=0,1"]                          # 4 trials, 2 GHNs
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    env.pop("RAY_ADDRESS", None)
+    driver = subprocess.Popen([sys.executable, str(ROOT / "studies" / "rank_sweep.py"), *args],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                              start_new_session=True)
+    folder = storage / "r"
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        done = {i for i, r in trial_records(folder).items() if r["status"] == "COMPLETE"}
+        if done:
+            break
+        assert driver.poll() is None, "the study ended before it could be interrupted"
+        time.sleep(1)
+    driver.kill()                                                    # SIGKILL, the driver only
+    driver.wait()
+    time.sleep(3)
+    try:                                                             # then what Ray left behind
+        os.killpg(driver.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    before = trial_records(folder)
+    finished = {i: r["finished_at"] for i, r in before.items() if r["status"] == "COMPLETE"}
+    assert 1 <= len(finished) < 4
+
+    resumed = run_script("rank_sweep", *args, "--resume")
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    trials, _, info = read_study(folder)
+    assert len(trials) == 4 and trials["trial_id"].is_unique
+    assert (trials["status"] == "COMPLETE").all()
+    after = trial_records(folder)
+    assert {i: after[i]["finished_at"] for i in finished} == finished    # not run again
+    assert len(list((folder / "ghns").glob("*/store.json"))) == 2
+    ot = optuna_trials(folder, info)
+    complete = [t for t in ot if t.state.name == "COMPLETE"]
+    assert sorted(t.user_attrs["tune_trial_id"] for t in complete) == sorted(trials["trial_id"])
+    assert len(ot) == 4
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_ray_job_submit_runs_the_smoke_rank_sweep_on_a_token_authenticated_cluster(tmp_path):
+    """What the README shows: ``ray start --head`` with token auth on loopback, ``ray job
+    submit --working-dir .`` of the smoke rank sweep with an absolute ``--storage``."""
+    bin_dir = Path(sys.executable).parent
+    token = tmp_path / "auth_token"
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token),
+           "PATH": f"{bin_dir}:{os.environ['PATH']}", "HF_HUB_OFFLINE": "1",
+           "HF_DATASETS_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    subprocess.run([bin_dir / "ray", "get-auth-token", "--generate"], env=env, check=True,
+                   capture_output=True, timeout=60)
+    dashboard = free_port()
+    temp_dir = Path("/tmp") / f"ray-job-test-{os.getpid()}"   # Ray's socket paths must be short
+    head = subprocess.Popen(
+        [bin_dir / "ray", "start", "--head", "--block", f"--port={free_port()}",
+         "--num-cpus=2", '--resources={"train_driver": 2}', "--dashboard-host=127.0.0.1",
+         f"--dashboard-port={dashboard}", f"--temp-dir={temp_dir}", "--disable-usage-stats"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    storage = tmp_path / "studies"
+    try:
+        address = f"http://127.0.0.1:{dashboard}"
+        for _ in range(60):                         # the Jobs API answers once the head is up
+            probe = subprocess.run([bin_dir / "ray", "job", "list", "--address", address],
+                                   env=env, capture_output=True, timeout=60)
+            if probe.returncode == 0:
+                break
+            time.sleep(2)
+        job = subprocess.run(
+            [bin_dir / "ray", "job", "submit", "--address", address, "--working-dir", str(ROOT),
+             "--", "python", "studies/rank_sweep.py", "--preset", "smoke", "--storage",
+             str(storage)], env=env, capture_output=True, text=True, timeout=1200)
+        assert job.returncode == 0 and "SUCCEEDED" in job.stdout + job.stderr, \
+            job.stdout[-3000:] + job.stderr[-3000:]
+        without_token = subprocess.run(
+            [bin_dir / "ray", "job", "list", "--address", address],
+            env={**env, "RAY_AUTH_MODE": "disabled"}, capture_output=True, timeout=60)
+        assert without_token.returncode != 0                 # authentication is really on
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        head.wait(timeout=60)
+    trials, _, info = read_study(storage / "rank_sweep-vit-smoke")
+    assert len(trials) == 2 and (trials["status"] == "COMPLETE").all()
+    assert set(trials["ghn_training.ghn.rank"]) == {2, 8}
