@@ -36,6 +36,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from logah.errors import LogahError
 from logah.finetune import summarize
+from logah.ghn_store import config_key
 from logah.io import read_json, write_json
 from logah.study.spec import StudyPlan, ghn_params
 from logah.study.tables import (GHNS_DIR, TRIALS_DIR, now, read_metrics, read_record,
@@ -110,7 +111,8 @@ def study_trial(sampled: dict, plan: StudyPlan) -> None:
     write_record(folder, record)
     try:
         config = plan.trial_config(sampled)
-        record.update(config=config.to_dict(), ghn_params=ghn_params(config))
+        record.update(config=config.to_dict(), ghn_params=ghn_params(config),
+                      ghn_key=config_key(config.ghn_training) if config.uses_ghn else None)
         write_record(folder, record)
         distributed = plan.options.train_workers > 1
         summary = run_trial(config, folder, report=_TuneReporter(plan, record["ghn_params"]),
@@ -280,6 +282,10 @@ def _check_folder(plan: StudyPlan) -> None:
     elif plan.study_dir.exists() and any(plan.study_dir.iterdir()):
         raise LogahError(f"study folder {plan.study_dir} already exists (use --resume to "
                          f"continue it, or another --name)")
+    existing = next(p for p in (plan.study_dir, *plan.study_dir.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise LogahError(f"cannot write the study folder {plan.study_dir}: {existing} is not a "
+                         f"writable folder")
 
 
 def _create_folder(plan: StudyPlan) -> None:

@@ -28,7 +28,8 @@ OBJECTIVES = ("quality", "ghn_params")   # "quality": the fine-tuning metric of 
 class Study:
     """A study script's declaration.
 
-    ``space[preset]`` is what that preset sweeps (dotted trial settings → ``Param``), ``fixed``
+    ``space[preset]`` is what that preset sweeps (dotted trial settings → ``Param``;
+    ``space["preset:task"]``, where given, replaces it for one task), ``fixed``
     (all presets) and ``fixed_by_preset[preset]`` set trial settings for every sample, ``search``
     is the default search ("grid" runs the whole grid once), ``tasks`` the targets it applies to
     (the first is the default)."""
@@ -143,7 +144,8 @@ def plan_study(study: Study, options: StudyOptions) -> StudyPlan:
     if multi and search == "grid":
         raise LogahError("several --objectives need a sampler (NSGA-II): use --search tpe")
 
-    space = {**study.space.get(options.preset, {}), **options.sweep}
+    declared = study.space.get(f"{options.preset}:{task}", study.space.get(options.preset, {}))
+    space = {**declared, **options.sweep}
     if not space:
         raise LogahError(f"study {study.name} sweeps nothing at preset {options.preset}")
     for param_name, param in space.items():
