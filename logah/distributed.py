@@ -69,9 +69,10 @@ def _worker_loop(loop_config: dict) -> None:
 
 
 def run_on_ray(job: str, config, out: str | Path, *, workers: int, use_gpu: bool = False,
-               cpus_per_worker: float = 1, max_failures: int = 1):
+               cpus_per_worker: float = 1, max_failures: int = 1, callbacks: list | None = None):
     """Run ``job`` ("ghn" or "finetune") on ``workers`` Ray Train workers and export the result
-    to ``out``; returns Ray's ``Result``."""
+    to ``out``; returns Ray's ``Result``. ``callbacks`` are Ray Train ``UserCallback``s (a study
+    trial passes one that forwards rank 0's metrics to Tune)."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -86,7 +87,7 @@ def run_on_ray(job: str, config, out: str | Path, *, workers: int, use_gpu: bool
         run_config=ray.train.RunConfig(
             name=RUN_NAME, storage_path=str(out / "ray"),
             failure_config=ray.train.FailureConfig(max_failures=max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2), callbacks=callbacks),
     )
     result = trainer.fit()
     if result.checkpoint is not None:
