@@ -11,6 +11,7 @@ and packager `ray job submit` uses.
 from __future__ import annotations
 
 import re
+import runpy
 import shlex
 import tomllib
 import zipfile
@@ -24,6 +25,9 @@ from ray.autoscaler._private.util import prepare_config, validate_config  # Ray'
 from ray.dashboard.modules.dashboard_sdk import parse_runtime_env_args
 from ray._private.runtime_env.packaging import create_package
 from ray.runtime_env import RuntimeEnv
+
+from logah.study.cli import parse_options
+from logah.study.spec import plan_study
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "cluster"
@@ -134,27 +138,30 @@ def test_launcher_installs_the_pinned_project(name):
     assert config["docker"]["worker_image"] == f"rayproject/ray:{RAY_VERSION}-{PYTHON_TAG}-gpu"
 
 
-def test_aws_workers_can_write_the_bucket():
-    _, workers = _head_and_workers(load(CLUSTER / "aws.yaml"))
-    for worker in workers.values():  # the profile `ray up` creates for the head (S3 access)
-        assert worker["node_config"]["IamInstanceProfile"] == {"Name": "ray-autoscaler-v1"}
+STUDIES_MOUNT = "/mnt/logah"  # the shared study folder on every node: --storage /mnt/logah/studies
 
 
-def test_gcp_workers_can_write_the_bucket():
-    config = load(CLUSTER / "gcp.yaml")
-    project = config["provider"]["project_id"]
-    _, workers = _head_and_workers(config)
-    for worker in workers.values():  # the service account `ray up` creates (storage.objectAdmin)
-        (account,) = worker["node_config"]["serviceAccounts"]
-        assert account["email"] == f"ray-autoscaler-sa-v1@{project}.iam.gserviceaccount.com"
-        assert "https://www.googleapis.com/auth/cloud-platform" in account["scopes"]
-        assert worker["node_config"]["scheduling"]["onHostMaintenance"] == "TERMINATE"  # GPU VMs
+@pytest.mark.parametrize("name", LAUNCHER_CONFIGS)
+def test_launcher_mounts_one_shared_study_folder_on_every_node(name):
+    config = load(CLUSTER / name)
+    # On each host, before its container starts (initialization_commands run on every node)...
+    mounts = [c for c in config["initialization_commands"] if "mount -t nfs" in c]
+    assert len(mounts) == 1 and mounts[0].rstrip().endswith(f" {STUDIES_MOUNT}")
+    # ... and into the container that runs Ray.
+    assert f"--volume {STUDIES_MOUNT}:{STUDIES_MOUNT}" in config["docker"]["run_options"]
+
+
+def test_gcp_gpu_vms_stop_on_host_maintenance():
+    _, workers = _head_and_workers(load(CLUSTER / "gcp.yaml"))
+    for worker in workers.values():  # Compute Engine refuses GPU VMs that live-migrate
+        assert worker["node_config"]["scheduling"]["onHostMaintenance"] == "TERMINATE"
 
 
 # -- KubeRay -----------------------------------------------------------------------------------
 
 RAYCLUSTER = CLUSTER / "kuberay" / "raycluster.yaml"
 RAYJOB = CLUSTER / "kuberay" / "rayjob.yaml"
+STUDIES_PVC = CLUSTER / "kuberay" / "studies-pvc.yaml"
 
 
 def _cluster_specs() -> dict[str, dict]:
@@ -175,6 +182,13 @@ def test_kuberay_manifest_parses_as_one_ray_io_v1_object(path, kind):
     (doc,) = yaml.safe_load_all(path.read_text())
     assert (doc["apiVersion"], doc["kind"]) == ("ray.io/v1", kind)
     assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", doc["metadata"]["name"])  # a DNS label
+
+
+def test_studies_volume_claim_passes_kubernetes_schema():
+    claim = load(STUDIES_PVC)
+    kubernetes_validate.validate(claim, K8S_VERSION, strict=True)
+    assert (claim["apiVersion"], claim["kind"]) == ("v1", "PersistentVolumeClaim")
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]  # every pod writes the study folder
 
 
 def _validate_pod_template(template: dict) -> None:
@@ -228,6 +242,13 @@ def test_kuberay_cluster_spec_keeps_the_project_promises(manifest):
         limits, requests = container["resources"]["limits"], container["resources"]["requests"]
         assert int(limits["nvidia.com/gpu"]) >= 1 and requests["nvidia.com/gpu"] == limits["nvidia.com/gpu"]
 
+    claim = load(STUDIES_PVC)["metadata"]["name"]
+    for template in _pod_templates(spec).values():  # the same shared study folder in every pod
+        volumes = {v["name"]: v for v in template["spec"]["volumes"]}
+        (mount,) = [m for m in template["spec"]["containers"][0]["volumeMounts"]
+                    if m["mountPath"] == STUDIES_MOUNT]
+        assert volumes[mount["name"]]["persistentVolumeClaim"]["claimName"] == claim
+
     containers = _containers(spec)
     assert len({c["image"] for c in containers}) == 1  # one project image everywhere
     for container in containers:  # the database password only ever comes from a Secret
@@ -235,18 +256,17 @@ def test_kuberay_cluster_spec_keeps_the_project_promises(manifest):
         assert "value" not in pgpassword and "secretKeyRef" in pgpassword["valueFrom"]
 
 
-def _flag(argv: list[str], name: str) -> str:
-    return argv[argv.index(name) + 1]
-
-
 def test_rayjob_runs_the_rank_sweep_on_the_raycluster_spec():
     job = load(RAYJOB)["spec"]
     assert job["rayClusterSpec"] == load(RAYCLUSTER)["spec"]  # the two manifests cannot drift
     argv = shlex.split(job["entrypoint"])
     assert argv[:2] == ["python", "studies/rank_sweep.py"]  # the local command, unchanged
-    assert _flag(argv, "--preset") == "paper" and "--gpu" in argv
-    assert _flag(argv, "--storage").startswith(("gs://", "s3://"))  # shared by every pod
-    assert _flag(argv, "--optuna-storage").startswith("postgresql://")
+    # The study's own command line accepts it (nothing is written, no cluster needed).
+    study = runpy.run_path(str(ROOT / argv[1]))["STUDY"]
+    plan = plan_study(study, parse_options(study, argv[2:]))
+    assert plan.options.preset == "paper" and plan.options.gpu
+    assert plan.study_dir.is_relative_to(STUDIES_MOUNT)  # on the volume every pod mounts
+    assert plan.optuna_storage.startswith("postgresql://")  # one study several jobs can add to
     assert job["shutdownAfterJobFinishes"] is True and job["submissionMode"] == "K8sJobMode"
     runtime_env = yaml.safe_load(job["runtimeEnvYAML"])
     assert runtime_env["working_dir"] == IMAGE_WORKDIR
