@@ -248,10 +248,13 @@ def test_ray_job_submit_runs_the_smoke_rank_sweep_on_a_token_authenticated_clust
             time.sleep(2)
         job = subprocess.run(
             [bin_dir / "ray", "job", "submit", "--address", address, "--working-dir", str(ROOT),
-             "--", "python", "studies/rank_sweep.py", "--preset", "smoke", "--storage",
+             "--submission-id", "smoke-rank-sweep", "--", "python", "studies/rank_sweep.py", "--preset", "smoke", "--storage",
              str(storage)], env=env, capture_output=True, text=True, timeout=1200)
-        assert job.returncode == 0 and "SUCCEEDED" in job.stdout + job.stderr, \
-            job.stdout[-3000:] + job.stderr[-3000:]
+        assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
+        status = subprocess.run([bin_dir / "ray", "job", "status", "--address", address,
+                                 "smoke-rank-sweep"], env=env, capture_output=True, text=True,
+                                timeout=60)
+        assert "SUCCEEDED" in status.stdout + status.stderr
         without_token = subprocess.run(
             [bin_dir / "ray", "job", "list", "--address", address],
             env={**env, "RAY_AUTH_MODE": "disabled"}, capture_output=True, timeout=60)
