@@ -236,7 +236,8 @@ def test_ray_job_submit_runs_the_smoke_rank_sweep_on_a_token_authenticated_clust
         [bin_dir / "ray", "start", "--head", "--block", f"--port={free_port()}",
          "--num-cpus=2", '--resources={"train_driver": 2}', "--dashboard-host=127.0.0.1",
          f"--dashboard-port={dashboard}", f"--temp-dir={temp_dir}", "--disable-usage-stats"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        env=env, stdout=open(tmp_path / "head.log", "w"), stderr=subprocess.STDOUT,
+        start_new_session=True)
     storage = tmp_path / "studies"
     try:
         address = f"http://127.0.0.1:{dashboard}"
@@ -250,7 +251,8 @@ def test_ray_job_submit_runs_the_smoke_rank_sweep_on_a_token_authenticated_clust
             [bin_dir / "ray", "job", "submit", "--address", address, "--working-dir", str(ROOT),
              "--submission-id", "smoke-rank-sweep", "--", "python", "studies/rank_sweep.py", "--preset", "smoke", "--storage",
              str(storage)], env=env, capture_output=True, text=True, timeout=1200)
-        assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
+        assert job.returncode == 0, (job.stdout[-3000:] + job.stderr[-3000:]
+                                     + (tmp_path / "head.log").read_text()[-2000:])
         status = subprocess.run([bin_dir / "ray", "job", "status", "--address", address,
                                  "smoke-rank-sweep"], env=env, capture_output=True, text=True,
                                 timeout=60)
