@@ -6,6 +6,7 @@ import itertools
 import json
 import math
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -228,15 +229,15 @@ def test_ray_job_submit_runs_the_smoke_rank_sweep_on_a_token_authenticated_clust
            "PATH": f"{bin_dir}:{os.environ['PATH']}", "HF_HUB_OFFLINE": "1",
            "HF_DATASETS_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
-    subprocess.run([bin_dir / "ray", "get-auth-token", "--generate"], env=env, check=True,
-                   capture_output=True, timeout=60)
+    token.write_text(secrets.token_hex(32))      # the test's own token, not ~/.ray/auth_token
     dashboard = free_port()
     temp_dir = Path("/tmp") / f"ray-job-test-{os.getpid()}"   # Ray's socket paths must be short
     head = subprocess.Popen(
         [bin_dir / "ray", "start", "--head", "--block", f"--port={free_port()}",
          "--num-cpus=2", '--resources={"train_driver": 2}', "--dashboard-host=127.0.0.1",
          f"--dashboard-port={dashboard}", f"--temp-dir={temp_dir}", "--disable-usage-stats"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        env=env, stdout=open(tmp_path / "head.log", "w"), stderr=subprocess.STDOUT,
+        start_new_session=True)
     storage = tmp_path / "studies"
     try:
         address = f"http://127.0.0.1:{dashboard}"
@@ -248,10 +249,14 @@ def test_ray_job_submit_runs_the_smoke_rank_sweep_on_a_token_authenticated_clust
             time.sleep(2)
         job = subprocess.run(
             [bin_dir / "ray", "job", "submit", "--address", address, "--working-dir", str(ROOT),
-             "--", "python", "studies/rank_sweep.py", "--preset", "smoke", "--storage",
+             "--submission-id", "smoke-rank-sweep", "--", "python", "studies/rank_sweep.py", "--preset", "smoke", "--storage",
              str(storage)], env=env, capture_output=True, text=True, timeout=1200)
-        assert job.returncode == 0 and "SUCCEEDED" in job.stdout + job.stderr, \
-            job.stdout[-3000:] + job.stderr[-3000:]
+        assert job.returncode == 0, (job.stdout[-3000:] + job.stderr[-3000:]
+                                     + (tmp_path / "head.log").read_text()[-2000:])
+        status = subprocess.run([bin_dir / "ray", "job", "status", "--address", address,
+                                 "smoke-rank-sweep"], env=env, capture_output=True, text=True,
+                                timeout=60)
+        assert "SUCCEEDED" in status.stdout + status.stderr
         without_token = subprocess.run(
             [bin_dir / "ray", "job", "list", "--address", address],
             env={**env, "RAY_AUTH_MODE": "disabled"}, capture_output=True, timeout=60)
@@ -262,3 +267,69 @@ def test_ray_job_submit_runs_the_smoke_rank_sweep_on_a_token_authenticated_clust
     trials, _, info = read_study(storage / "rank_sweep-vit-smoke")
     assert len(trials) == 2 and (trials["status"] == "COMPLETE").all()
     assert set(trials["ghn_training.ghn.rank"]) == {2, 8}
+
+
+def test_pareto_front_of_quality_against_size():
+    trials = pd.DataFrame({"status": ["COMPLETE"] * 4 + ["FAILED"],
+                           "best": [0.5, 0.6, 0.4, 0.6, math.nan],
+                           "ghn_params": [10, 20, 15, 30, 1]})
+    objectives = [{"column": "best", "mode": "max"}, {"column": "ghn_params", "mode": "min"}]
+    from logah.study.tables import pareto_front
+
+    assert pareto_front(trials, objectives).tolist() == [True, True, False, False, False]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", ["hidden_sweep", "arch_sampling_sweep", "decoder_ablation"])
+def test_smoke_preset_of_each_study_completes(script, tmp_path):
+    run = run_script(script, "--preset", "smoke", "--storage", str(tmp_path))
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    trials, _, info = read_study(tmp_path / f"{script}-vit-smoke")
+    assert len(trials) == info["num_samples"] == 2 and (trials["status"] == "COMPLETE").all()
+    for swept in info["swept"]:
+        assert swept in trials.columns
+    assert "study folder:" in run.stdout
+
+
+@pytest.mark.slow
+def test_init_comparison_trains_each_ghn_once_for_all_seeds(tmp_path):
+    run = run_script("init_comparison", "--preset", "smoke", "--storage", str(tmp_path))
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    folder = tmp_path / "init_comparison-vit-smoke"
+    trials, _, _ = read_study(folder)
+    assert len(trials) == 8 and (trials["status"] == "COMPLETE").all()
+    assert set(trials["init"]) == {"random", "orthogonal", "ghn3", "logah"}
+    stores = [json.loads(p.read_text()) for p in (folder / "ghns").glob("*/store.json")]
+    assert sorted(s["config"]["ghn"]["decoder"] for s in stores) == ["low-rank", "tiled"]
+    for init in ("logah", "ghn3"):
+        rows = trials[trials["init"] == init]
+        assert rows["ghn_reused"].tolist().count(True) == 1 and rows["ghn_key"].nunique() == 1
+    baselines = trials[trials["init"].isin(["random", "orthogonal"])]
+    assert baselines["ghn_params"].isna().all() and (baselines["ghn_key"] == "").all()
+
+
+@pytest.mark.slow
+def test_multi_objective_study_records_its_pareto_front(tmp_path):
+    run = run_script("rank_sweep", "--preset", "smoke", "--storage", str(tmp_path),
+                     "--objectives", "quality,ghn_params", "--num-samples", "3")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    trials, _, info = read_study(tmp_path / "rank_sweep-vit-smoke")
+    assert info["search"] == "nsga2" and len(info["objectives"]) == 2
+    assert len(trials) == 3 and trials["pareto"].any()
+    study = optuna.load_study(study_name=info["optuna_study_name"], storage=info["optuna_storage"])
+    assert len(study.directions) == 2
+    front = {t.user_attrs["tune_trial_id"] for t in study.best_trials}
+    assert front == set(trials.loc[trials["pareto"], "trial_id"])
+
+
+@pytest.mark.slow
+def test_asha_prunes_on_the_fine_tuning_metric(tmp_path):
+    run = run_script("rank_sweep", "--preset", "smoke", "--storage", str(tmp_path),
+                     "--scheduler", "asha", "--sweep", "finetune.lr=0.001,0.05")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    trials, steps, info = read_study(tmp_path / "rank_sweep-vit-smoke")
+    assert info["scheduler"] == "asha" and len(trials) == 4
+    assert (trials["status"] == "COMPLETE").all() and trials["best"].notna().all()
+    last = steps[steps["phase"] == "finetune"].groupby("trial_id")["step"].max()
+    for _, trial in trials.iterrows():      # a stopped trial ended before the full budget
+        assert (last[trial["trial_id"]] < 20) == trial["stopped_early"]
