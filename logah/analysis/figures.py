@@ -69,18 +69,22 @@ def study_panels(study: Study) -> list[Panel]:
 
 # -- the swept setting against quality ------------------------------------------------------------
 
-def swept_vs_quality(study: Study) -> list[Panel]:
-    """One panel per swept setting: mean quality over seeds with error bars, a subplot per target."""
+def swept_vs_quality(study: Study, settings: list[str] | None = None) -> list[Panel]:
+    """One panel per swept setting (or per one of ``settings``): mean quality over seeds with
+    error bars, a subplot per target."""
     done = study.completed
     title = "Swept settings against quality"
     if not study.settings:
         return [Panel("swept", title, "", note="the study sweeps no setting besides seeds")]
     if done.empty:
         return [Panel("swept", title, "", note="no trial completed")]
+    unknown = [s for s in settings or [] if s not in study.trials]
+    if unknown:
+        raise LogahError(f"study {study.name!r} has no setting(s) {unknown}; it sweeps {study.settings}")
     column = study.primary.column
     series = _init_series(study)
     panels = []
-    for setting in study.settings:
+    for setting in settings or study.settings:
         x_column = "init_label" if setting == "finetune.init" else setting
         targets = sorted(done["target"].unique())
         plot = _Plot(_subplots(targets, lambda t: _quality_title(done[done["target"] == t], study)),
@@ -249,7 +253,11 @@ def parallel_coordinates(study: Study) -> list[Panel]:
         if len(rows) < 2:
             continue
         metric, mode = _metric(rows, study)
-        dimensions = [_dimension(rows, s) for s in settings]
+        columns = {s: _init_series(study) if s == "finetune.init" else s for s in settings}
+        dimensions = [_dimension(rows[c], s) for s, c in columns.items()
+                      if rows[c].nunique() > 1]   # a constant axis says nothing
+        if not dimensions:
+            continue
         quality = rows[column] * metric_scale(metric)
         dimensions.append({"label": value_label(column, metric), "values": quality})
         fig = go.Figure(go.Parcoords(
@@ -265,8 +273,7 @@ def parallel_coordinates(study: Study) -> list[Panel]:
     return panels or [Panel("parallel", title, "", note="no target has two completed trials")]
 
 
-def _dimension(rows: pd.DataFrame, setting: str) -> dict:
-    x = rows["init_label" if setting == "finetune.init" else setting]
+def _dimension(x: pd.Series, setting: str) -> dict:
     label = setting_label(setting)
     if _is_numeric(x):
         values = x.astype(float)

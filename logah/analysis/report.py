@@ -85,8 +85,7 @@ def _header(study: Study) -> str:
     meta, trials = study.meta, study.trials
     counts = trials["status"].value_counts()
     statuses = ", ".join(f"{n} {s.lower()}" for s, n in counts.items())
-    datasets = sorted(trials["finetune.data.dataset"].dropna().astype(str).unique()) \
-        if "finetune.data.dataset" in trials else []
+    datasets = sorted(trials["dataset"].dropna().astype(str).unique())
     primary = study.primary
     facts = [
         ("Question", meta.get("question")),
@@ -128,8 +127,8 @@ def _trial_table(study: Study) -> str:
     trials = study.trials
     # the init label says what finetune.init says, and more
     settings = [c for c in study.meta.get("swept", []) if c in trials and c != "finetune.init"]
-    columns = ["trial_id", "status", "target", "init_label", *settings,
-               *[c for c in ("metric", *_TABLE_VALUES, *_TABLE_TIMES) if c in trials], "error"]
+    columns = ["trial_id", "status", "error", "target", "init_label", *settings,
+               *[c for c in ("metric", *_TABLE_VALUES, *_TABLE_TIMES) if c in trials]]
     head = "".join(f'<th title="{html.escape(c)}">{html.escape(_column_title(c))}</th>'
                    for c in columns)
     body = []
@@ -214,7 +213,7 @@ table.trials td { padding: 0.2rem 0.5rem; border-bottom: 1px solid #eee; vertica
 table.trials td.na { color: #999; text-align: center; }
 table.trials td.num { text-align: right; font-variant-numeric: tabular-nums; }
 table.trials tr.failed { background: #fde8e8; } table.trials tr.other { background: #fff8e0; }
-table.trials td.error { white-space: normal; min-width: 20rem; }
+table.trials td.error { white-space: normal; min-width: 10rem; max-width: 24rem; }
 td.error summary { cursor: pointer; color: #a00; } td.error pre { white-space: pre-wrap; max-width: 60rem; }
 """
 

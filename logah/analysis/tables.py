@@ -7,7 +7,8 @@
 A study folder (``STORAGE/NAME``, written by ``logah.study``) holds ``study.json``,
 ``trials.parquet`` and ``steps.parquet``; that is the whole contract, so a study copied off a
 cluster loads on a laptop with no Ray and no running driver. Columns are read as they are, with a
-few derived ones added for grouping (``study``; ``target``, the target's name; ``init_kind``,
+few derived ones added for grouping (``study``; ``target``, the target's name; ``dataset``, the
+fine-tuning data; ``init_kind``,
 the paper's name of the init: RandInit, OrthInit, GHN-3, LoGAH; ``init_label``, the same with the
 GHN preset and meta-batch, as the rows of the paper's tables: LoGAH-T/m1); optional columns
 (``test``, ``ghn_params``, the GHN ones of a baseline-only study) are simply absent or NaN, and the
@@ -37,6 +38,7 @@ STATUS_COMPLETE = "COMPLETE"
 STATUS_FAILED = "FAILED"
 
 TARGET_PREFIX = "finetune.target."
+DATASET = "finetune.data.dataset"
 GHN_PREFIX = "ghn_training.ghn."
 _INIT_NAMES = {"random": "RandInit", "orthogonal": "OrthInit", "ghn3": "GHN-3", "logah": "LoGAH"}
 
@@ -182,6 +184,7 @@ def _tidy_trials(trials: pd.DataFrame, meta: dict) -> pd.DataFrame:
     trials["error"] = trials["error"].fillna("").astype(str)
     trials.insert(0, "study", str(meta["name"]))
     trials["target"] = [_target_label(row, meta) for row in _records(trials, TARGET_PREFIX)]
+    trials["dataset"] = trials[DATASET] if DATASET in trials else meta.get("dataset")
     init = trials["finetune.init"] if "finetune.init" in trials else pd.Series("", index=trials.index)
     trials["init_kind"] = [_INIT_NAMES.get(str(i), str(i)) for i in init]
     trials["init_label"] = [_init_label(row) for row in trials.to_dict("records")]
