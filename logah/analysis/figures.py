@@ -86,6 +86,13 @@ def swept_vs_quality(study: Study, settings: list[str] | None = None) -> list[Pa
     panels = []
     for setting in settings or study.settings:
         x_column = "init_label" if setting == "finetune.init" else setting
+        tried = done[x_column].nunique()
+        if tried < 2:   # the other values failed (or the study was cut short): nothing to compare
+            values = [_fmt(v) for v in study.trials[x_column].dropna().drop_duplicates().sort_values()]
+            panels.append(Panel(f"swept-{_slug(setting)}", _title_case(setting_label(setting)), "",
+                                note=f"only {tried} of its values ({', '.join(values)}) has completed "
+                                     f"trials"))
+            continue
         targets = sorted(done["target"].unique())
         plot = _Plot(_subplots(targets, lambda t: _quality_title(done[done["target"] == t], study)),
                      _colours(done[series]))
@@ -112,7 +119,8 @@ def swept_vs_quality(study: Study, settings: list[str] | None = None) -> list[Pa
             caption += (" Dashed lines and bands: inits without a GHN (mean ± std), which this "
                         "setting does not affect.")
         panels.append(Panel(f"swept-{_slug(setting)}",
-                            f"{_capital(setting_label(setting))} against fine-tuned quality", caption,
+                            f"{_title_case(setting_label(setting))} against fine-tuned quality",
+                            caption,
                             _finish(plot.fig)))
     return panels
 
@@ -336,8 +344,9 @@ def importances(study: Study) -> Panel:
     except LogahError as err:
         return Panel("importances", title, "", note=str(err))
     complete = optuna_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    if len(complete) < 2 or not any(len({str(t.params.get(p)) for t in complete}) > 1
-                                    for p in {p for t in complete for p in t.params}):
+    varying = sorted(p for p in {p for t in complete for p in t.params}
+                     if len({str(t.params.get(p)) for t in complete}) > 1)
+    if len(complete) < 2 or not varying:
         return Panel("importances", title, "",
                      note="needs two completed Optuna trials that differ in a parameter")
     primary = study.primary
@@ -347,8 +356,8 @@ def importances(study: Study) -> Panel:
     try:
         with warnings.catch_warnings():   # its reminder of the above, which ``sign`` handles
             warnings.filterwarnings("ignore", message="PedAnovaImportanceEvaluator computes")
-            fig = vis.plot_param_importances(optuna_study, target=lambda t: sign * t.values[0],
-                                             target_name=name)
+            fig = vis.plot_param_importances(optuna_study, params=varying, target_name=name,
+                                             target=lambda t: sign * t.values[0])
     except (ValueError, RuntimeError, ZeroDivisionError) as err:
         return Panel("importances", title, "", note=f"Optuna could not rank the parameters ({err})")
     for trace in fig.data:
@@ -357,8 +366,10 @@ def importances(study: Study) -> Panel:
                       yaxis_title=None)
     caption = (f"How much each swept parameter explains the variation of {name} across the "
                f"{len(complete)} completed Optuna trials (Optuna's default evaluator; the bars "
-               f"sum to 1). Seeds that are swept count as parameters: a large seed share means "
-               f"noise dominates.")
+               f"sum to 1; parameters that took one value in them are left out). Seeds that are "
+               f"swept count as parameters: a large seed share means noise dominates.")
+    if len(complete) < 10:
+        caption += f" With {len(complete)} trials these shares are rough."
     return Panel("importances", title, caption,
                  _finish(fig, height=max(250, 120 + 50 * len(fig.data[0].y))))
 
@@ -405,8 +416,9 @@ def _in_init_label(setting: str) -> bool:
     return setting.startswith(GHN_PREFIX + "ghn.") or setting == GHN_PREFIX + "meta_batch"
 
 
-def _capital(text: str) -> str:
-    return text[:1].upper() + text[1:]
+def _title_case(label: str) -> str:
+    """A label as a title's start; a dotted name stays as it is, being a name."""
+    return label if "." in label else label[:1].upper() + label[1:]
 
 
 def _uses_ghn(rows: pd.DataFrame) -> bool:

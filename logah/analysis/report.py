@@ -164,7 +164,7 @@ def _cell(column: str, value, scale: float) -> str:
         return f'<td data-sort="{int(value)}">{"yes" if value else "no"}</td>'
     if isinstance(value, (int, float, np.number)):
         shown = float(value) * scale if column in _TABLE_VALUES else float(value)
-        text = f"{shown:,.0f}" if column == "ghn_params" else f"{shown:.4g}"
+        text = f"{shown:,.0f}" if shown.is_integer() and column not in _TABLE_VALUES else f"{shown:.4g}"
         return f'<td class="num" data-sort="{shown!r}">{text}</td>'
     return f'<td data-sort="{html.escape(str(value))}">{html.escape(str(value))}</td>'
 

@@ -227,8 +227,10 @@ def _missing(value) -> bool:
 
 def _target_label(record: dict, meta: dict) -> str:
     """The target's name (``vit-cpu-target``) when it is a named one, else its family and size."""
-    if not record:
-        return str(meta.get("target") or "target")
+    if not record:   # the study record names its target, or holds its architecture record
+        record = meta.get("target")
+        if not isinstance(record, dict):
+            return str(record or "target")
     record = {k: (int(v) if isinstance(v, float) and v.is_integer() else v) for k, v in record.items()}
     name = _named_targets().get(_key(record))
     if name:
