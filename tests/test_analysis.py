@@ -236,3 +236,13 @@ def test_one_report_of_several_studies(study_dir, tmp_path):
     assert 'id="smoke"' in html and 'id="smoke-copy"' in html
     with pytest.raises(LogahError, match="share a name"):
         write_report([study_dir, study_dir], tmp_path / "twice.html")
+
+
+def test_ghn_curves_count_each_trained_ghn_once(study):
+    """Trials that reuse a shared GHN carry copies of its curve; each GHN is one sample."""
+    from logah.analysis.figures import ghn_curves
+
+    lines = [t for t in ghn_curves(study).figure.data if t.name and t.xaxis == "x"]
+    ranks = sorted(study.trials["ghn_training.ghn.rank"].unique())
+    assert sorted(t.name for t in lines) == sorted(f"r={r}" for r in ranks)
+    assert all(set(t.customdata) == {1} for t in lines)   # n = 1 GHN per rank at every step

@@ -198,9 +198,12 @@ def finetune_curves(study: Study) -> Panel:
 def ghn_curves(study: Study) -> Panel:
     """GHN training loss (and held-out quality, where recorded) against step."""
     title = "GHN training curves"
-    steps = _phase_steps(study, "ghn")
-    if "ghn_reused" in steps and (~steps["ghn_reused"].astype(bool)).any():
-        steps = steps[~steps["ghn_reused"].astype(bool)]   # a reused GHN's curve is its trainer's
+    # every trained GHN once, from the trial that trained it, whether or not that trial's
+    # fine-tuning completed: trials that reused a shared GHN carry copies of its curve
+    trials = study.trials
+    if "ghn_reused" in trials:
+        trials = trials[~trials["ghn_reused"].fillna(False).astype(bool)]
+    steps = _phase_steps(study, "ghn", trials)
     metrics = [m for m in ("loss", *sorted(c for c in steps.columns if c.startswith("heldout_")))
                if m in steps and steps[m].notna().any()]
     if not metrics:
@@ -219,7 +222,8 @@ def ghn_curves(study: Study) -> Panel:
                               **(_log_axis(steps[metric]) if log else {}))
     caption = ("The GHN's training loss (the task loss of the architectures whose parameters it "
                "predicts) and, where recorded, its quality on architectures held out from "
-               "training. Lines: mean over the GHNs of each setting (seeds); bands: one standard "
+               "training. Each trained GHN counts once, also when the fine-tuning of its trial "
+               "failed. Lines: mean over the GHNs of each setting (seeds); bands: one standard "
                "deviation.")
     return Panel("ghn-curves", title, caption, _finish(plot.fig))
 
@@ -396,13 +400,13 @@ def _quality_title(rows: pd.DataFrame, study: Study) -> str:
     return f"{target} ({direction(mode)})"
 
 
-def _phase_steps(study: Study, phase: str) -> pd.DataFrame:
-    """The steps of one phase of the completed trials, with their trial's grouping columns."""
+def _phase_steps(study: Study, phase: str, trials: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The steps of one phase of ``trials`` (default: the completed ones), with their trial's
+    grouping columns."""
+    trials = study.completed if trials is None else trials
     steps = study.steps[study.steps["phase"] == phase] if "phase" in study.steps else study.steps
-    keep = ["trial_id", "target", "init_label", *study.settings,
-            *(["ghn_reused"] if "ghn_reused" in study.trials else [])]
-    trials = study.completed[[c for c in dict.fromkeys(keep) if c in study.trials]]
-    return steps.merge(trials, on="trial_id", how="inner")
+    keep = ["trial_id", "target", "init_label", *study.settings]
+    return steps.merge(trials[[c for c in dict.fromkeys(keep) if c in trials]], on="trial_id")
 
 
 def _init_series(study: Study) -> str:
