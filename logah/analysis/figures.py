@@ -26,7 +26,7 @@ from plotly.subplots import make_subplots
 
 from logah.analysis.labels import direction, metric_label, metric_scale, setting_label, value_label
 from logah.analysis.stats import aggregate_seeds, pareto_front
-from logah.analysis.tables import TARGET_PREFIX, Study, load_optuna_study
+from logah.analysis.tables import Study, load_optuna_study
 from logah.errors import LogahError
 from logah.inits import GHN_INITS
 
@@ -54,6 +54,8 @@ class _Plot:
 
 @dataclass
 class Panel:
+    """One block of the report: what the figure shows and how to read it, or why it is absent."""
+
     key: str                          # HTML anchor, unique within a study
     title: str
     caption: str

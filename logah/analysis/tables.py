@@ -95,12 +95,9 @@ class Study:
 
 
 def is_seed_column(name: str) -> bool:
+    """Seeds (``seed``, ``finetune.seed``, ``ghn_training.seed``, ...) are averaged over, never
+    compared."""
     return name == "seed" or name.endswith(".seed")
-
-
-def seed_columns(trials: pd.DataFrame) -> list[str]:
-    """The seed columns of a trial table (``seed``, ``finetune.seed``, ...)."""
-    return [c for c in trials.columns if is_seed_column(c)]
 
 
 def load_study(path: str | Path) -> Study:
