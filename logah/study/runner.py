@@ -320,6 +320,7 @@ def run_study(plan: StudyPlan) -> pd.DataFrame:
     can refuse the run (folder, cluster resources, storage) is checked before anything is
     written."""
     _check_folder(plan)
+    started = time.perf_counter()      # the study's wall time includes starting Ray
     os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
     # GHN-phase records carry no fine-tuning metric yet; the final record of a trial always does
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
@@ -331,11 +332,10 @@ def run_study(plan: StudyPlan) -> pd.DataFrame:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise LogahError(f"study {plan.study_dir} is being run by another process") from None
-        return _run_locked(plan, resources, limit)
+        return _run_locked(plan, resources, limit, started)
 
 
-def _run_locked(plan: StudyPlan, resources: dict, limit: int) -> pd.DataFrame:
-    started = time.perf_counter()
+def _run_locked(plan: StudyPlan, resources: dict, limit: int, started: float) -> pd.DataFrame:
     previous = read_json(plan.study_dir / STUDY_FILE, "study record") if plan.options.resume else {}
     searcher = None if plan.options.resume else _searcher(plan)
     write_json(plan.study_dir / STUDY_FILE, _study_record(

@@ -109,9 +109,28 @@ def collect(study_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     return trials, steps
 
 
+def pareto_front(trials: pd.DataFrame, objectives: list[dict]) -> pd.Series:
+    """Which complete trials no other complete trial beats on every objective (and strictly on
+    one); ``objectives`` as in study.json (``column``, ``mode``)."""
+    done = trials[trials["status"] == "COMPLETE"]
+    # as minimisation: negate what is maximised
+    values = pd.DataFrame({o["column"]: done[o["column"]] * (-1 if o["mode"] == "max" else 1)
+                           for o in objectives})
+    front = pd.Series(False, index=trials.index)
+    for i, row in values.iterrows():
+        dominated = ((values <= row).all(axis=1) & (values < row).any(axis=1)).any()
+        front[i] = not dominated and row.notna().all()
+    return front
+
+
 def write_tables(study_dir: Path) -> pd.DataFrame:
-    """Rebuild and atomically write ``trials.parquet``, ``trials.csv`` and ``steps.parquet``."""
+    """Rebuild and atomically write ``trials.parquet``, ``trials.csv`` and ``steps.parquet``;
+    a study with several objectives gets a ``pareto`` column (its Pareto front)."""
     trials, steps = collect(study_dir)
+    study = study_dir / "study.json"
+    objectives = read_json(study, "study record").get("objectives", []) if study.is_file() else []
+    if len(objectives) > 1 and not trials.empty:
+        trials["pareto"] = pareto_front(trials, objectives)
     atomic_file(study_dir / "trials.parquet", lambda tmp: trials.to_parquet(tmp, index=False))
     atomic_file(study_dir / "trials.csv", lambda tmp: trials.to_csv(tmp, index=False))
     atomic_file(study_dir / "steps.parquet", lambda tmp: steps.to_parquet(tmp, index=False))
