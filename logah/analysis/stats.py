@@ -11,6 +11,7 @@ a running one's are partial. Rows whose value is NaN are ignored, never counted 
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from logah.errors import LogahError
@@ -44,19 +45,30 @@ def best_per_group(trials: pd.DataFrame, by: list[str], value: str, mode: str) -
     return valid.loc[index.to_numpy()].reset_index(drop=True)
 
 
+def pareto_mask(trials: pd.DataFrame, objectives: list[dict]) -> pd.Series:
+    """Which rows no other row beats on every objective and strictly on one; ``objectives`` as
+    in study.json (``{"column": ..., "mode": "max"|"min"}``). Rows with a NaN in an objective
+    take no part (and are not on the front)."""
+    _require(trials, [o["column"] for o in objectives])
+    for objective in objectives:
+        _check_mode(objective["mode"])
+    # as minimisation: negate what is maximised
+    costs = np.column_stack([trials[o["column"]].to_numpy(dtype=float)
+                             * (-1 if o["mode"] == "max" else 1) for o in objectives])
+    valid = ~np.isnan(costs).any(axis=1)
+    c = costs[valid]
+    no_worse = (c[None, :, :] <= c[:, None, :]).all(axis=2)
+    better = (c[None, :, :] < c[:, None, :]).any(axis=2)
+    mask = np.zeros(len(trials), dtype=bool)
+    mask[np.flatnonzero(valid)] = ~(no_worse & better).any(axis=1)
+    return pd.Series(mask, index=trials.index)
+
+
 def pareto_front(trials: pd.DataFrame, quality: str, mode: str, cost: str = "ghn_params") -> pd.DataFrame:
     """The rows no other row beats on both ``quality`` (by ``mode``) and ``cost`` (lower is
     better), sorted by cost. Rows with a NaN in either column take no part."""
-    _require(trials, [quality, cost])
-    _check_mode(mode)
-    valid = trials[trials[quality].notna() & trials[cost].notna()]
-    q = valid[quality].to_numpy(dtype=float) * (1 if mode == "max" else -1)
-    c = valid[cost].to_numpy(dtype=float)
-    # row i is dominated when some j is at least as good on both and strictly better on one
-    no_worse = (q[None, :] >= q[:, None]) & (c[None, :] <= c[:, None])
-    better = (q[None, :] > q[:, None]) | (c[None, :] < c[:, None])
-    dominated = (no_worse & better).any(axis=1)
-    front = valid[~dominated] if len(valid) else valid
+    mask = pareto_mask(trials, [{"column": quality, "mode": mode}, {"column": cost, "mode": "min"}])
+    front = trials[mask]
     return front.sort_values([cost, quality], ascending=[True, mode != "max"]).reset_index(drop=True)
 
 
