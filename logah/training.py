@@ -149,7 +149,12 @@ def step_seed(seed: int, rank: int, step: int) -> int:
 
 
 class GHNTrainer:
-    """State of one rank's training run; ``run`` does the steps."""
+    """State of one rank's training run; ``run`` does the steps.
+
+    ``archs`` is the training list: the space's draw, each architecture fitted to the task
+    (``task.fit``: classifier or vocabulary sized for the data). ``heldout`` holds up to
+    ``heldout_archs`` configurations absent from it (``archs.sample_held_out``), possibly none:
+    then a warning is logged and no ``heldout_*`` metric is reported."""
 
     def __init__(self, config: TrainConfig, *, rank: int = 0, world_size: int = 1,
                  device: str | torch.device = "cpu", resume_from: Path | None = None):
