@@ -26,8 +26,7 @@ def ray_local():
 
 def test_two_workers_train_in_sync_on_different_data(ray_local, tmp_path):
     config = tiny_config(steps=4, checkpoint_every=2)
-    result = train_ghn_ray(config, tmp_path / "run", workers=2)
-    assert result.error is None
+    train_ghn_ray(config, tmp_path / "run", workers=2)
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
     final = metrics[-1]
     assert final["step"] == 4 and final["ranks_weights_equal"] is True
@@ -66,25 +65,24 @@ def test_killed_worker_restarts_from_last_checkpoint(ray_local, tmp_path):
 
     killer = threading.Thread(target=kill_a_worker_after_first_checkpoint, daemon=True)
     killer.start()
-    result = train_ghn_ray(config, out, workers=2, max_failures=2)
+    train_ghn_ray(config, out, workers=2, max_failures=2)
     killer.join(timeout=5)
     assert killed, "no worker was killed"
-    assert result.error is None
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").open()]
     assert steps[-1] == 40
 
 
 def test_two_workers_fine_tune_with_the_same_code(ray_local, tmp_path):
-    from logah.finetune import finetune, load_finetuned
+    from logah.finetune import evaluate_init, finetune, load_finetuned
     from test_finetune import ft_config
 
     config = ft_config("vit", init="orthogonal", steps=4, eval_every=2)
-    result = finetune_ray(config, tmp_path / "ray", workers=2)
-    assert result.error is None
+    finetune_ray(config, tmp_path / "ray", workers=2)
     summary = json.loads((tmp_path / "ray" / "summary.json").read_text())
     assert summary["steps"] == 4 and summary["zero_shot_val_accuracy"] is not None
-    _, model = load_finetuned(tmp_path / "ray")
+    arch, _ = load_finetuned(tmp_path / "ray")      # rank 0's final weights were saved
+    assert evaluate_init(arch, str(tmp_path / "ray" / "model"), config.data)["val_accuracy"] == \
+        summary["final_val_accuracy"]
     # 2 ranks x batch b on disjoint shards: not the single-process run, but the same start
     single = finetune(config, tmp_path / "one", progress=False)
     assert single["zero_shot_val_accuracy"] == summary["zero_shot_val_accuracy"]
-    assert sum(p.numel() for p in model.parameters()) > 0

@@ -87,4 +87,7 @@ def main(study: Study, argv: list[str] | None = None) -> int:
         print(f"{study.name}: error: {err}", file=sys.stderr)
         return 2
     print_summary(plan, table)
+    from logah.analysis import write_report
+
+    print(f"report: {write_report([plan.study_dir])}")
     return 0

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pandas as pd
 
+from logah.analysis.stats import aggregate_seeds
+
 from logah.study.spec import StudyPlan
 
 
@@ -19,9 +21,7 @@ def seed_summary(table: pd.DataFrame, swept: list[str], column: str = "best") ->
     keys = [s for s in swept if not s.endswith("seed") and s in done.columns]
     if done.empty or not keys:
         return pd.DataFrame()
-    grouped = done.groupby(keys, dropna=False)[column]
-    summary = grouped.agg(["mean", "std", "count"]).reset_index()
-    return summary.rename(columns={k: _short(k) for k in keys})
+    return aggregate_seeds(done, by=keys, value=column).rename(columns={k: _short(k) for k in keys})
 
 
 def print_summary(plan: StudyPlan, table: pd.DataFrame) -> None:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from logah.analysis.stats import pareto_mask
 from logah.io import atomic_file, read_json, write_json
 from logah.study.space import flatten
 from logah.training import METRICS_FILE
@@ -82,7 +83,7 @@ def trial_row(record: dict) -> dict:
     for key in ("ghn_wall_s", "ghn_cpu_s", "finetune_wall_s", "finetune_cpu_s"):
         row[key] = summary.get(key, math.nan)
     row["ghn_reused"] = summary.get("ghn_reused", False)
-    row["ghn_key"] = summary.get("ghn_key", "")
+    row["ghn_key"] = summary.get("ghn_key") or record.get("ghn_key") or ""
     row["wall_s"] = record.get("wall_s", math.nan)
     return row
 
@@ -109,20 +110,6 @@ def collect(study_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     return trials, steps
 
 
-def pareto_front(trials: pd.DataFrame, objectives: list[dict]) -> pd.Series:
-    """Which complete trials no other complete trial beats on every objective (and strictly on
-    one); ``objectives`` as in study.json (``column``, ``mode``)."""
-    done = trials[trials["status"] == "COMPLETE"]
-    # as minimisation: negate what is maximised
-    values = pd.DataFrame({o["column"]: done[o["column"]] * (-1 if o["mode"] == "max" else 1)
-                           for o in objectives})
-    front = pd.Series(False, index=trials.index)
-    for i, row in values.iterrows():
-        dominated = ((values <= row).all(axis=1) & (values < row).any(axis=1)).any()
-        front[i] = not dominated and row.notna().all()
-    return front
-
-
 def write_tables(study_dir: Path) -> pd.DataFrame:
     """Rebuild and atomically write ``trials.parquet``, ``trials.csv`` and ``steps.parquet``;
     a study with several objectives gets a ``pareto`` column (its Pareto front)."""
@@ -130,7 +117,8 @@ def write_tables(study_dir: Path) -> pd.DataFrame:
     study = study_dir / "study.json"
     objectives = read_json(study, "study record").get("objectives", []) if study.is_file() else []
     if len(objectives) > 1 and not trials.empty:
-        trials["pareto"] = pareto_front(trials, objectives)
+        done = trials["status"] == "COMPLETE"
+        trials["pareto"] = pareto_mask(trials.where(done), objectives)
     atomic_file(study_dir / "trials.parquet", lambda tmp: trials.to_parquet(tmp, index=False))
     atomic_file(study_dir / "trials.csv", lambda tmp: trials.to_csv(tmp, index=False))
     atomic_file(study_dir / "steps.parquet", lambda tmp: steps.to_parquet(tmp, index=False))
