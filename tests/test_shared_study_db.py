@@ -14,6 +14,8 @@ import optuna
 import pandas as pd
 import pytest
 
+from logah.analysis import load_optuna_study, load_study
+
 ROOT = Path(__file__).resolve().parents[1]
 
 ADD_TRIALS = """
@@ -64,6 +66,7 @@ def test_two_smoke_studies_add_up_to_one_optuna_study(postgres_url, tmp_path):
         record = json.loads((tmp_path / run / "shared-sweep" / "study.json").read_text())
         assert record["optuna_storage"] == postgres_url
         assert record["optuna_study_name"] == "shared-sweep"
+        assert (tmp_path / run / "shared-sweep" / "report.html").is_file()  # each run's report
 
     study = optuna.load_study(study_name="shared-sweep", storage=postgres_url)
     trials = study.get_trials(deepcopy=False)
@@ -76,3 +79,5 @@ def test_two_smoke_studies_add_up_to_one_optuna_study(postgres_url, tmp_path):
     for trial_id, trial in by_tune_id.items():
         assert trial.value == pytest.approx(table.loc[trial_id, "best"])
         assert trial.params["ghn_training.ghn.rank"] == table.loc[trial_id, "ghn_training.ghn.rank"]
+    # The report finds the shared study through the study folder's record.
+    assert len(load_optuna_study(load_study(tmp_path / "first" / "shared-sweep")).trials) == 4
