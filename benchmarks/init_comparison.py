@@ -51,8 +51,8 @@ def trial_config(task: str, variant: str, seed: int, steps: int, ghns: Path,
     init, prefix = VARIANTS[variant]
     ghn = str(ghns / f"ghn-{prefix}-{task}") if prefix else None
     tuning = FinetuneConfig(target=arch_to_dict(CPU_TARGETS[spec["target"]]), init=init,
-                            data=spec["data"], **settings)
-    return TrialConfig(finetune=tuning, ghn_checkpoint=ghn, seed=seed)
+                            data=spec["data"], seed=seed, **settings)
+    return TrialConfig(finetune=tuning, ghn_checkpoint=ghn)
 
 
 def mean_std(values: list[float], scale: float) -> str:

@@ -26,7 +26,7 @@ import statistics
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Union
+from typing import Any, Callable, Iterable, Iterator, Union
 
 import numpy as np
 
@@ -418,23 +418,74 @@ def sample_archs(space: str | Space, n: int | None = None, seed: int | None = No
     """
     space = get_space(space)
     n = space.num_archs if n is None else n
-    seed = space.seed if seed is None else seed
-    if not isinstance(seed, int) or seed < 0:
-        raise LogahError(f"seed must be a non-negative integer, got {seed!r}")
-    if not isinstance(n, int) or n <= 0:
-        raise LogahError(f"number of architectures must be a positive integer, got {n!r}")
-    rng = np.random.default_rng(seed)
-    max_draws = max(1000, 100 * n)
+    _check_count(n)
     archs: list[Arch] = []
+    for arch in _accepted_draws(space, _seed(space, seed), max(1000, 100 * n)):
+        archs.append(arch)
+        if len(archs) == n:
+            return archs
+    raise LogahError(f"space {space.name}: max_params={space.max_params:,} rejects too many "
+                     f"architectures ({len(archs)} of {n} accepted in {max(1000, 100 * n)} draws); "
+                     f"raise the cap or narrow the widths/depths")
+
+
+HELD_OUT_POOL = 10   # held-out candidates drawn: this many times the space's ``num_archs``
+
+
+def sample_held_out(space: str | Space, exclude: Iterable[Arch], n: int, seed: int,
+                    fit: Callable[[Arch], Arch] | None = None) -> list[Arch]:
+    """Up to ``n`` distinct architectures of ``space`` that are not in ``exclude`` (a training
+    list), in the order a draw with ``seed`` meets them; each passes through ``fit`` (e.g. a
+    task's ``fit``) before it is compared, so records are compared as they will be trained.
+
+    Records are compared, not seeds: the training list of every preset space covers most of its
+    configurations (all of them for vits-1k, gpts-1k and gpts-cpu), so a second draw with another
+    seed repeats training architectures. Candidates come from ``HELD_OUT_POOL · num_archs``
+    draws, enough to meet any configuration that is likely to be missing from a list of
+    ``num_archs`` draws; the result is shorter than ``n``, possibly empty, when the space has
+    fewer unseen configurations than that.
+    """
+    space = get_space(space)
+    if not isinstance(n, int) or n < 0:
+        raise LogahError(f"number of held-out architectures must be a non-negative integer, got {n!r}")
+    seen, found = set(exclude), []
+    if n == 0:
+        return found
+    pool = HELD_OUT_POOL * space.num_archs
+    for arch in _accepted_draws(space, _seed(space, seed), max(1000, 100 * pool), limit=pool):
+        arch = fit(arch) if fit is not None else arch
+        if arch not in seen:
+            seen.add(arch)
+            found.append(arch)
+            if len(found) == n:
+                break
+    return found
+
+
+def _seed(space: Space, seed: int | None) -> int:
+    seed = space.seed if seed is None else seed
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise LogahError(f"seed must be a non-negative integer, got {seed!r}")
+    return seed
+
+
+def _check_count(n: Any) -> None:
+    if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
+        raise LogahError(f"number of architectures must be a positive integer, got {n!r}")
+
+
+def _accepted_draws(space: Space, seed: int, max_draws: int, limit: int | None = None) -> Iterator[Arch]:
+    """Architectures of ``space`` under its ``max_params``, in draw order: at most ``limit`` of
+    them from at most ``max_draws`` draws of a generator seeded with ``seed``."""
+    rng = np.random.default_rng(seed)
+    accepted = 0
     for _ in range(max_draws):
         arch = space.draw(rng)
         if space.max_params is None or arch_params(arch) <= space.max_params:
-            archs.append(arch)
-            if len(archs) == n:
-                return archs
-    raise LogahError(f"space {space.name}: max_params={space.max_params:,} rejects too many "
-                     f"architectures ({len(archs)} of {n} accepted in {max_draws} draws); raise the "
-                     f"cap or narrow the widths/depths")
+            yield arch
+            accepted += 1
+            if accepted == limit:
+                return
 
 
 # ---------------------------------------------------------------------------------------------

@@ -262,6 +262,12 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     print(f"demo output: {out.resolve()}")
 
 
+def _cmd_report(args: argparse.Namespace) -> None:
+    from logah.analysis.report import write_report
+
+    print(f"report: {write_report(args.studies, args.out).resolve()}")
+
+
 def _add_run_options(p: argparse.ArgumentParser, verb: str, out_help: str) -> None:
     """Where a training run executes and writes (shared by train-ghn and finetune)."""
     p.add_argument("--workers", type=int, default=0,
@@ -387,6 +393,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the random inits")
     p.add_argument("--gpu", action="store_true", help="evaluate on GPU")
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("report", help="self-contained HTML dashboard of study folders (plots, "
+                       "trial table)")
+    p.add_argument("studies", nargs="+", metavar="STUDY_DIR", help="study folder(s) STORAGE/NAME")
+    p.add_argument("-o", "--out", help="output HTML file (default: report.html in the first study)")
+    p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("demo", help="the quick-start job: predict ViT-S and GPT-2-S with logah-t")
     p.add_argument("--out", default="runs/demo")

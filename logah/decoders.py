@@ -227,9 +227,9 @@ class TiledDecoder(nn.Module):
                 chunk = chunks[j][:, :, lo_h:lo_h + h, lo_w:lo_w + w]
                 if tasks[i].is_output:
                     chunk = self.class_head(chunk.permute(1, 2, 3, 0)).permute(3, 0, 1, 2)
-                chunk = chunk * tasks[i].scale
                 if tasks[i].normalize:   # the repeated chunk has (nearly) the RMS of the tensor
                     chunk = chunk * torch.rsqrt(chunk.pow(2).mean() + 1e-12)
+                chunk = chunk * tasks[i].scale   # after the normalisation, which would undo it
                 value = self._fit(chunk, (c_out, c_in))
                 out[i] = value[:, :, 0, 0].t() if tasks[i].transposed else value
         return out  # type: ignore[return-value]

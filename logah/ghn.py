@@ -13,9 +13,9 @@ spatial table for h and w, each d/4 wide) and the four lookups are concatenated.
 
 Backbone (Graphormer, pre-LN, MLP ratio 4, GELU, no qkv bias). The first layer adds in- and
 out-degree embeddings (real edges, clipped at 100) and an embedding of the distance from the
-input node (clipped at 1000); an additive attention bias per head is computed once from the
-forward and backward virtual-edge distances (each embedded, concatenated, MLP 2d → d → heads)
-and reused by every layer. Graphs of different sizes are padded and masked *per graph*: each
+input node (with no virtual-edge cutoff, see ``logah.graph``; clipped at 1000); an additive
+attention bias per head is computed once from the forward and backward virtual-edge distances
+(each embedded, concatenated, MLP 2d → d → heads) and reused by every layer. Graphs of different sizes are padded and masked *per graph*: each
 graph's attention sees only its own nodes, and the decoder works row by row, so a network's
 prediction does not depend on the other networks in the meta-batch (the anchor code indexes
 dense embeddings with sparse offsets and gets this wrong).
@@ -266,10 +266,11 @@ class GHN(nn.Module):
 
 
 def _output_nodes(graph: Graph) -> set[int]:
-    """The classifier weight node and the bias node it feeds (GHN-3 treats both specially)."""
+    """The classifier / LM-head node and the bias node it feeds, if any (GHN-3 treats both
+    specially). For a tied GPT-2 that is the token embedding, which feeds no bias."""
     out = {graph.output_node}
     nxt = graph.output_node + 1
-    if nxt < graph.num_nodes and graph.ops[nxt] == "bias":
+    if nxt < graph.num_nodes and graph.ops[nxt] == "bias" and graph.distances[graph.output_node, nxt] == 1:
         out.add(nxt)
     return out
 

@@ -22,8 +22,19 @@ unfused attention) are removed, so fused and unfused attention give the same gra
 ``input`` is node 0 and feeds every node that has no predecessor; nodes are numbered in
 forward (topological) order.
 
+Output node: the node of the weight or embedding that the forward pass uses last, counting every
+use of a tied tensor: the classifier of a ViT, the ``lm_head`` of an untied GPT-2, and the token
+embedding of a tied one (its language-model head; the last ``mlp.c_proj`` is not).
+
 Virtual edges: ``distances[i, j]`` is the shortest-path length from i to j when it is at most
 ``edge_cutoff`` (1 is a real edge), else 0. The Graphormer reads it in both directions.
+
+Distance from the input: ``input_distance[i]`` is the shortest-path length from the input node
+to node i with *no* cutoff (the GHN embeds it in a table of 1001 rows, GHN-3's size). Reading it
+from the cut-off matrix would give every node further than ``edge_cutoff`` the input's own
+distance 0: in GPT-2-L 170 of 474 nodes, the deepest third of the network, would look like the
+input. The other choice, a table sized to the cutoff, would keep that collapse. The pairwise
+matrix keeps the paper's cutoff (DESIGN.md §3.1) and its 257-row table.
 
 A parameter whose owning module is not in ``MODULE_TYPES`` raises ``LogahError`` naming the
 module and its type, rather than being silently mis-typed.
@@ -92,7 +103,8 @@ class Graph:
     params: list[tuple[ParamSpec, ...]]
     edges: np.ndarray                       # (E, 2) int64 real edges (src, dst)
     distances: np.ndarray                   # (N, N) int16, see module docstring
-    output_node: int                        # the last node holding a weight (classifier / LM head)
+    input_distance: np.ndarray              # (N,) int64 distance from the input, no cutoff
+    output_node: int                        # the classifier / LM head (module docstring)
     residual_projections: tuple[str, ...] = ()   # name suffixes scaled by 1/sqrt(2 n_layer)
     n_layer: int = 1
     meta: dict = field(default_factory=dict)
@@ -118,7 +130,7 @@ class Graph:
             "shapes": torch.tensor(shapes, dtype=torch.long).reshape(n, 4),
             "in_degree": torch.from_numpy(real.sum(0).astype(np.int64)),
             "out_degree": torch.from_numpy(real.sum(1).astype(np.int64)),
-            "input_dist": torch.from_numpy(self.distances[0].astype(np.int64)),
+            "input_dist": torch.from_numpy(self.input_distance),
             "distances": torch.from_numpy(self.distances.astype(np.int64)),
         }
 
@@ -137,10 +149,11 @@ def build_graph(model: nn.Module, arch: Arch, edge_cutoff: int = DEFAULT_EDGE_CU
     if missing:
         raise LogahError(f"parameters not used in the forward pass, so not in the graph: {missing[:5]}")
     edges = np.array(sorted(builder.edges), dtype=np.int64).reshape(-1, 2)
-    weight_nodes = [i for i, ps in enumerate(builder.params) if ps and ps[0].kind == WEIGHT]
-    return Graph(ops=builder.ops, params=builder.params, edges=edges,
-                 distances=_distances(len(builder.ops), edges, edge_cutoff),
-                 output_node=weight_nodes[-1] if weight_nodes else len(builder.ops) - 1,
+    node_of = {spec.name: i for i, specs in enumerate(builder.params) for spec in specs}
+    output_node = node_of.get(builder.last_matrix, len(builder.ops) - 1)
+    distances, input_distance = _distances(len(builder.ops), edges, edge_cutoff)
+    return Graph(ops=builder.ops, params=builder.params, edges=edges, distances=distances,
+                 input_distance=input_distance, output_node=output_node,
                  residual_projections=arch.residual_projections,
                  n_layer=getattr(arch, "n_layer", getattr(arch, "num_layers", 1)),
                  meta={"edge_cutoff": edge_cutoff, "family": arch.family})
@@ -181,6 +194,7 @@ class _Reducer:
         self.params: list[tuple[ParamSpec, ...]] = [()]
         self.edges: set[tuple[int, int]] = set()
         self.attached: set[str] = set()
+        self.last_matrix: str | None = None   # the weight or embedding used last: the output head
         self._param_of: dict = {}
 
     def _param_behind(self, fn) -> str | None:
@@ -233,7 +247,10 @@ class _Reducer:
                 name = self._param_behind(nxt)
                 if name is None:
                     data |= outputs.get(nxt, set())
-                elif name not in self.attached:
+                    continue
+                if self.specs[name].kind in (WEIGHT, EMBEDDING):
+                    self.last_matrix = name     # a tied one counts at every use
+                if name not in self.attached:
                     consumed.append(name)
                     self.attached.add(name)
             outputs[fn] = self._reduce(type(fn).__name__, data, consumed)
@@ -278,8 +295,12 @@ class _Reducer:
                         self.edges.discard((p, s))
 
 
-def _distances(n: int, edges: np.ndarray, cutoff: int) -> np.ndarray:
+def _distances(n: int, edges: np.ndarray, cutoff: int) -> tuple[np.ndarray, np.ndarray]:
+    """The virtual-edge matrix (shortest paths up to ``cutoff``, else 0) and the distance of
+    every node from the input, with no cutoff (every node is reachable from the input)."""
     adjacency = csr_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(n, n))
     dist = shortest_path(adjacency, method="D", directed=True, unweighted=True)
+    assert np.isfinite(dist[0]).all(), "a node is not reachable from the input"
+    from_input = dist[0].astype(np.int64)
     dist[~np.isfinite(dist) | (dist > cutoff)] = 0
-    return dist.astype(np.int16)
+    return dist.astype(np.int16), from_input

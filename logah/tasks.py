@@ -2,7 +2,10 @@
 
 A task owns its data (a rank's shard of the training split and a validation split), produces the
 mini-batch for a given step, computes the loss from logits, and evaluates a forward function.
-GHN training and fine-tuning share it, so both read data the same way.
+GHN training and fine-tuning share it, so both read data the same way. ``task.fit(arch)`` sizes
+an architecture's outputs for the data (the classifier to the dataset's classes, the vocabulary to
+the tokenizer's), and both fit every architecture they train, so a space or target record never
+has to match the data by hand.
 
 Batches are a pure function of (seed, rank, world size, step): epoch e of rank k reads
 ``shard_indices(n, k, world_size, seed, e)`` in order. Nothing about the data position needs to
@@ -138,12 +141,9 @@ class LanguageModeling(_Task):
 
     def __init__(self, arch: GPT2Arch, data: DataConfig, *, seed: int = 0, rank: int = 0,
                  world_size: int = 1):
+        self.data = data
+        self.check(arch)      # before the tokenizer and the corpus are loaded
         tokenizer = get_tokenizer(data.tokenizer, corpus=data.dataset, vocab_size=data.vocab_size)
-        if len(tokenizer) > arch.vocab_size:
-            raise LogahError(f"tokenizer {data.tokenizer} has {len(tokenizer)} tokens but the GPT-2 "
-                             f"vocabulary is {arch.vocab_size}: use vocab_size >= {len(tokenizer)}")
-        if data.block_size > arch.n_positions:
-            raise LogahError(f"block_size={data.block_size} exceeds n_positions={arch.n_positions}")
         train = load_text_dataset(data.dataset, "train", tokenizer=tokenizer, block_size=data.block_size)
         val = load_text_dataset(data.dataset, data.eval_split, tokenizer=tokenizer,
                                 block_size=data.block_size)
@@ -155,13 +155,17 @@ class LanguageModeling(_Task):
         return self.vocab_size
 
     def fit(self, arch: Arch) -> Arch:
-        """``arch`` itself: the constructor already checked its vocabulary and context."""
+        """``arch`` with the vocabulary of this task's tokenizer (embedding and LM head rows),
+        so no row is wasted on a token the data never holds and every token has one."""
         self.check(arch)
-        return arch
+        return dataclasses.replace(arch, vocab_size=self.vocab_size)
 
     def check(self, arch: Arch) -> None:
         if not isinstance(arch, GPT2Arch):
             raise LogahError(f"dataset {self.data.dataset} is a text dataset; target is {arch.family}")
+        if self.data.block_size > arch.n_positions:
+            raise LogahError(f"block_size={self.data.block_size} exceeds the context of the GPT-2 "
+                             f"(n_positions={arch.n_positions})")
 
     def batch(self, step: int, device) -> tuple[torch.Tensor, torch.Tensor]:
         x = torch.stack([self.train[i] for i in self._indices(step)]).to(device)

@@ -8,7 +8,11 @@ architecture space, predicts their parameters, runs the task loss of every one o
 same mini-batch of real data, and updates the GHN (DESIGN.md §3.5):
 
 * AdamW, cosine schedule with linear warm-up, gradient clipping;
-* the predicted-parameter regulariser ``predparam_wd · Σ‖W‖_F`` (GHN-3);
+* no predicted-parameter regulariser (GHN-3's and the paper's ``3e-5 · Σ‖W‖_F``): every predicted
+  weight and embedding is normalised to a fixed RMS (``logah.postprocess``), so its norm is a
+  constant that a penalty cannot change, and biases and norm weights pass through bounded maps.
+  A penalty on the raw decoder output would only shrink the scale that the normalisation divides
+  out: it changes no predicted weight, only how far an optimizer step turns the raw output;
 * autocast (bf16) on GPU, fp32 on CPU; the decoders always run in fp32;
 * an optional EMA of the GHN weights, which is what the saved GHN then holds;
 * a step whose loss or gradient norm is not finite is skipped and counted, not fatal. Under DDP
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import shutil
 import tempfile
@@ -40,7 +45,8 @@ import torch
 import torch.distributed as dist
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from logah.archs import get_space, sample_archs, space_from_dict, space_to_dict
+from logah.archs import (HELD_OUT_POOL, get_space, sample_archs, sample_held_out,
+                         space_from_dict, space_to_dict)
 from logah.checkpoint import write_ghn_files
 from logah.devices import resolve_device
 from logah.errors import LogahError
@@ -53,11 +59,13 @@ from logah.progress import progress_bar
 from logah.targets import Arch, build_model
 from logah.predict import bound_forward
 from logah.runs import METRICS_FILE, SCRATCH_PREFIX, run_folder
-from logah.tasks import DataConfig, make_task
+from logah.tasks import DataConfig, ImageClassification, Task, make_task
 
 STATE_FILE = "train_state.pt"
 CONFIG_FILE = "train_config.json"
-HELD_OUT_SEED_OFFSET = 1_000_003   # held-out architectures come from a disjoint seed
+HELD_OUT_SEED_OFFSET = 1_000_003   # held-out candidates are drawn with another seed
+
+log = logging.getLogger(__name__)
 
 # report(metrics, write): ``write`` fills a folder with a checkpoint of this record, or is None
 Reporter = Callable[[dict, "Callable[[Path], None] | None"], None]
@@ -79,7 +87,6 @@ class TrainConfig(ConfigRecord):
     weight_decay: float = 1e-2
     warmup_steps: int = 10
     grad_clip: float = 5.0
-    predparam_wd: float = 3e-5
     amp: bool = True                  # bf16 autocast when on GPU (no effect on CPU)
     ema_decay: float = 0.0            # 0: no EMA
     seed: int = 0
@@ -93,13 +100,29 @@ class TrainConfig(ConfigRecord):
 
     bounds = {"steps": POSITIVE, "meta_batch": POSITIVE, "lr": POSITIVE,
               "weight_decay": NON_NEGATIVE, "warmup_steps": NON_NEGATIVE,
-              "grad_clip": POSITIVE, "predparam_wd": NON_NEGATIVE, "ema_decay": FRACTION,
-              "seed": SEED, "checkpoint_every": POSITIVE, "log_every": POSITIVE,
-              "heldout_archs": POSITIVE}
+              "grad_clip": POSITIVE, "ema_decay": FRACTION, "seed": SEED,
+              "checkpoint_every": POSITIVE, "log_every": POSITIVE, "heldout_archs": NON_NEGATIVE}
 
     def validate(self) -> None:
         super().validate()     # every number finite and in ``bounds``; the GHN and data configs
         space_from_dict(self.space)   # a space validates itself as it is built
+
+
+def check_task_fits_ghn(ghn: GHNConfig, task: Task) -> None:
+    """Refuse, before training, data whose classes a GHN cannot tell apart.
+
+    GHN-3's tiled decoder maps the classifier's output axis through a head of ``num_classes``
+    rows and repeats it for wider classifiers, so on a dataset with more classes some classes
+    would get exact copies of other classes' weights and biases. GHN-3 sizes that head for its
+    dataset; so must a GHN trained here. (A language model's vocabulary is tiled like any other
+    axis wider than the chunk: that is the baseline's documented behaviour, not refused.) The
+    low-rank decoder predicts any width, and the shape encoder maps any size to its nearest
+    table entry, so nothing else needs checking."""
+    if (ghn.decoder == "tiled" and isinstance(task, ImageClassification)
+            and task.num_classes > ghn.num_classes):
+        raise LogahError(f"dataset {task.data.dataset} has {task.num_classes} classes but the tiled "
+                         f"decoder's class head predicts {ghn.num_classes}: the other classes would "
+                         f"copy their weights; use a GHN with num_classes >= {task.num_classes}")
 
 
 def lr_factor(step: int, warmup: int, total: int) -> float:
@@ -110,12 +133,31 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+@contextlib.contextmanager
+def evaluation_mode(modules: list[torch.nn.Module]) -> Iterator[None]:
+    """Eval mode for ``modules`` within the block; afterwards every submodule is back in the
+    mode it was in (train or eval), whatever the block did."""
+    saved = [(m, m.training) for module in modules for m in module.modules()]
+    try:
+        for module in modules:
+            module.eval()
+        yield
+    finally:
+        for module, training in saved:
+            module.training = training
+
+
 def step_seed(seed: int, rank: int, step: int) -> int:
     return int(np.random.SeedSequence([seed, rank, step]).generate_state(1)[0])
 
 
 class GHNTrainer:
-    """State of one rank's training run; ``run`` does the steps."""
+    """State of one rank's training run; ``run`` does the steps.
+
+    ``archs`` is the training list: the space's draw, each architecture fitted to the task
+    (``task.fit``: classifier or vocabulary sized for the data). ``heldout`` holds up to
+    ``heldout_archs`` configurations absent from it (``archs.sample_held_out``), possibly none:
+    then a warning is logged and no ``heldout_*`` metric is reported."""
 
     def __init__(self, config: TrainConfig, *, rank: int = 0, world_size: int = 1,
                  device: str | torch.device = "cpu", resume_from: Path | None = None):
@@ -123,11 +165,23 @@ class GHNTrainer:
         self.config, self.rank, self.world_size = config, rank, world_size
         self.device = torch.device(device)
         space = space_from_dict(config.space)
-        self.archs = sample_archs(space, seed=space.seed + config.seed)
-        self.heldout = sample_archs(space, n=config.heldout_archs,
-                                    seed=space.seed + config.seed + HELD_OUT_SEED_OFFSET)
-        self.task = make_task(self.archs[0], config.data, seed=config.seed, rank=rank,
+        drawn = sample_archs(space, seed=space.seed + config.seed)
+        self.task = make_task(drawn[0], config.data, seed=config.seed, rank=rank,
                               world_size=world_size)
+        check_task_fits_ghn(config.ghn, self.task)
+        self.archs = [self.task.fit(arch) for arch in drawn]
+        self.heldout = sample_held_out(space, self.archs, config.heldout_archs,
+                                       seed=space.seed + config.seed + HELD_OUT_SEED_OFFSET,
+                                       fit=self.task.fit)
+        if len(self.heldout) < config.heldout_archs and rank == 0:
+            found = (f"only {len(self.heldout)} configurations" if self.heldout else
+                     "no configuration")
+            effect = (f"held-out metrics average {len(self.heldout)} architectures, not "
+                      f"{config.heldout_archs}" if self.heldout else
+                      "no architecture is held out and no heldout_* metric is reported")
+            log.warning("space %s: %s outside its training list (%d architectures, %d distinct) "
+                        "turned up in %d draws, so %s", space.name, found, len(self.archs),
+                        len(set(self.archs)), HELD_OUT_POOL * space.num_archs, effect)
         self._graphs: dict[Arch, Graph] = {}
         self._models: dict[Arch, torch.nn.Module] = {}
         self.ghn = build_ghn(config.ghn, seed=config.seed).to(self.device)
@@ -178,10 +232,8 @@ class GHNTrainer:
         self.ghn.train()
         with self._autocast():
             predictions = self.model([self.graph(a) for a in archs])
-            task_loss = sum(self.task.loss(bound_forward(self._models[a], p, a, x), y)
-                            for a, p in zip(archs, predictions)) / len(archs)
-            reg = sum(t.float().norm() for p in predictions for t in p.values()) / len(archs)
-            loss = task_loss + config.predparam_wd * reg
+            loss = sum(self.task.loss(bound_forward(self._models[a], p, a, x), y)
+                       for a, p in zip(archs, predictions)) / len(archs)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.ghn.parameters(), config.grad_clip)
@@ -197,21 +249,28 @@ class GHNTrainer:
         self.step += 1
         self.last_draw = {"archs": [self.archs.index(a) for a in archs],
                           "samples": self.task.sample_ids(step)}
-        return {"loss": task_loss.item(), "grad_norm": grad_norm.item(), "finite": finite}
+        return {"loss": loss.item(), "grad_norm": grad_norm.item(), "finite": finite}
 
     # --- evaluation --------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self, archs: list[Arch] | None = None) -> dict[str, float]:
-        """Mean task metric of predicted (not fine-tuned) held-out architectures."""
-        ghn = self.predicting_ghn().eval()
+        """Mean task metric of predicted (not fine-tuned) held-out architectures; empty when
+        there are none. The GHN and the target modules are left in the mode they were in: the
+        target modules are cached and trained on, so an evaluation that left them in eval mode
+        would turn off GPT-2's dropout for the rest of the run (and only for the run that did
+        not resume from the checkpoint written after that evaluation)."""
         archs = self.heldout if archs is None else archs
+        if not archs:
+            return {}
+        graphs = [self.graph(arch) for arch in archs]
+        ghn, models = self.predicting_ghn(), [self._models[arch] for arch in archs]
         scores = []
-        for arch in archs:
-            params = ghn([self.graph(arch)])[0]
-            model = self._models[arch].eval()
-            with self._autocast():
-                scores.append(self.task.evaluate(lambda x: bound_forward(model, params, arch, x),
-                                                 self.device))
+        with evaluation_mode([ghn, *models]):
+            for arch, graph, model in zip(archs, graphs, models):
+                params = ghn([graph])[0]
+                with self._autocast():
+                    scores.append(self.task.evaluate(
+                        lambda x: bound_forward(model, params, arch, x), self.device))
         return {f"heldout_{k}": float(np.mean([s[k] for s in scores])) for k in scores[0]}
 
     # --- state -------------------------------------------------------------------------------

@@ -24,3 +24,33 @@ TIED_GPT = GPT2Arch(n_layer=2, n_embd=32, n_head=2, vocab_size=100, n_positions=
 def ghn(request):
     """An untrained GHN of each decoder kind, seeded."""
     return build_ghn(get_preset(request.param), seed=0)
+
+
+@pytest.fixture(scope="session")
+def smoke_study(tmp_path_factory):
+    """A real study on an embedded local Ray: the rank sweep's smoke preset (ranks 2 and 8) with
+    fine-tuning batch sizes 32 and 100 000 swept in (the second fails in every trial), run once
+    per test session in its own process. Yields the study folder."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    storage = tmp_path_factory.mktemp("studies")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    env.pop("RAY_ADDRESS", None)
+    run = subprocess.run([sys.executable, str(root / "studies" / "rank_sweep.py"), "--preset",
+                          "smoke", "--storage", str(storage), "--name", "smoke",
+                          "--sweep", "finetune.data.batch_size=32,100000"],
+                         capture_output=True, text=True, timeout=1200, env=env)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    return storage / "smoke"
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    """A real PostgreSQL server on loopback for this module, deleted afterwards."""
+    from postgres_server import PostgresServer
+
+    with PostgresServer() as url:
+        yield url

@@ -7,10 +7,11 @@ import json
 
 import pytest
 
-from logah.archs import (CPU_TARGETS, SPACES, GPT2Space, ViTSpace, WidthBand, arch_params,
-                         describe_archs, format_description, get_space, load_archs, sample_archs,
-                         save_archs, space_from_dict, space_to_dict)
+from logah.archs import (CPU_TARGETS, HELD_OUT_POOL, SPACES, GPT2Space, ViTSpace, WidthBand,
+                         arch_params, describe_archs, format_description, get_space, load_archs,
+                         sample_archs, sample_held_out, save_archs, space_from_dict, space_to_dict)
 from logah.errors import LogahError
+from logah.graph import build_graph
 from logah.targets import (NAMED_TARGETS, GPT2Arch, ViTArch, arch_to_dict, build_model,
                            count_params)
 
@@ -82,10 +83,9 @@ def test_every_sampled_architecture_builds(samples):
 
 
 def test_graphs_build_for_sampled_architectures(samples):
-    graph = pytest.importorskip("logah.graph")
     for name in SPACES:
         for arch in samples[name][:20]:
-            g = graph.build_graph(build_model(arch, "meta"), arch)
+            g = build_graph(build_model(arch, "meta"), arch)
             assert "msa" in g.ops and g.ops.count("msa") == (arch.num_layers if isinstance(arch, ViTArch)
                                                               else arch.n_layer)
 
@@ -190,6 +190,44 @@ def test_impossible_gpt2_spaces_and_bad_names():
         get_space("gpts-1k", patch_sizes=(2,))
     with pytest.raises(LogahError, match="positive integer"):
         sample_archs("gpts-cpu", n=0)
+
+
+# Distinct configurations that a second draw of 10 x num_archs finds outside the training list
+# (seed 1): the paper spaces and gpts-cpu have none to spare, vits-cpu has 22.
+UNSEEN = {"vits-1k": 0, "gpts-1k": 0, "vits-cpu": 22, "gpts-cpu": 0}
+
+
+@pytest.mark.parametrize("name", sorted(SPACES))
+def test_held_out_architectures_are_absent_from_the_training_list(samples, name):
+    training = samples[name]
+    held_out = sample_held_out(name, training, n=4, seed=1_000_004)
+    assert len(held_out) == min(4, UNSEEN[name])
+    assert not set(held_out) & set(training) and len(set(held_out)) == len(held_out)
+    everything = sample_held_out(name, training, n=10**6, seed=1_000_004)
+    assert len(everything) == UNSEEN[name] and held_out == everything[:len(held_out)]
+    # deterministic, and drawn from the space's own distribution with the given seed
+    assert sample_held_out(name, training, n=4, seed=1_000_004) == held_out
+    pool = sample_archs(name, n=HELD_OUT_POOL * len(training), seed=1_000_004)
+    assert set(everything) == set(pool) - set(training)
+
+
+def test_held_out_architectures_are_compared_as_fitted():
+    """Records are compared after ``fit`` (as a task will train them), and none is left when
+    every configuration is in the training list."""
+    space = get_space("vits-cpu", num_archs=20)
+    training = sample_archs(space)
+    fit = lambda arch: dataclasses.replace(arch, num_classes=7)  # noqa: E731
+    trained = [fit(a) for a in training]
+    held_out = sample_held_out(space, trained, n=1000, seed=9, fit=fit)
+    assert held_out and all(a.num_classes == 7 for a in held_out)
+    assert held_out == [fit(a) for a in sample_held_out(space, training, n=1000, seed=9)]
+    assert not set(held_out) & set(trained)
+    one_config = get_space("gpts-cpu", depth_min=2, depth_max=2, num_archs=10,
+                           width_bands=[(2, 2, 32, 32, 8)])
+    assert sample_held_out(one_config, sample_archs(one_config), n=4, seed=3) == []
+    assert sample_held_out(one_config, [], n=0, seed=3) == []
+    with pytest.raises(LogahError, match="non-negative"):
+        sample_held_out(one_config, [], n=-1, seed=3)
 
 
 def test_cap_rejection_sampling():

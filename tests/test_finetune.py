@@ -11,7 +11,8 @@ from conftest import SMALL_VIT
 from logah.archs import get_space, space_to_dict
 from logah.cli import main
 from logah.errors import LogahError
-from logah.finetune import FinetuneConfig, Finetuner, export_finetuned, finetune, load_finetuned
+from logah.finetune import (FinetuneConfig, Finetuner, evaluate_init, export_finetuned, finetune,
+                            load_finetuned)
 from logah.inits import INIT_KINDS, initial_model
 from logah.predict import predict_params
 from logah.checkpoint import load_ghn
@@ -19,6 +20,7 @@ from logah.presets import get_preset
 from logah.targets import GPT2Arch, arch_to_dict
 from logah.tasks import DataConfig
 from logah.training import LocalReporter, train_ghn
+from logah.ghn_store import config_key
 from logah.trial import TrialConfig, load_trial, run_trial
 from test_training import DIGITS, dies_after_first_checkpoint, tiny_config
 
@@ -69,8 +71,10 @@ def test_every_init_fine_tunes_with_finite_metrics(family, init, ghns, tmp_path)
         assert zero_shot < 0.2
     if init == "random" and family == "gpt2":      # an untrained LM is near-uniform over tokens
         assert 0.7 * TINY_GPT.vocab_size < zero_shot < 1.3 * TINY_GPT.vocab_size
-    arch, model = load_finetuned(tmp_path / "run")
-    assert sum(p.numel() for p in model.parameters()) > 0 and arch.family == family
+    arch, _ = load_finetuned(tmp_path / "run")       # the saved weights are the final ones
+    assert arch.family == family
+    assert evaluate_init(arch, str(tmp_path / "run" / "model"), config.data)[metric] == \
+        history[-1][metric]
 
 
 def test_orthogonal_init_gives_orthonormal_weight_matrices():
@@ -120,26 +124,52 @@ def test_resumed_fine_tuning_reproduces_an_uninterrupted_run(tmp_path):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
 
 
+def _is_time(key: str) -> bool:
+    return key in TIME_KEYS or key.endswith(("_wall_s", "_cpu_s"))
+
+
 def _without_times(records: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if k not in TIME_KEYS} for r in records]
+    return [{k: v for k, v in r.items() if not _is_time(k)} for r in records]
 
 
-def test_trial_is_deterministic_under_its_seed(tmp_path):
-    config = TrialConfig(ghn_training=tiny_config(steps=3, checkpoint_every=3),
-                         finetune=ft_config("vit", init="logah"), seed=5)
+def test_trial_is_deterministic_under_its_seeds(tmp_path):
+    config = TrialConfig(ghn_training=tiny_config(steps=3, checkpoint_every=3, seed=5),
+                         finetune=ft_config("vit", init="logah", seed=5))
     runs = []
     for name in ("a", "b"):
         records = []
         summary = run_trial(config, tmp_path / name, report=records.append)
-        runs.append((_without_times(records), {k: v for k, v in summary.items() if k not in TIME_KEYS}))
+        runs.append((_without_times(records), _without_times([summary])[0]))
     assert runs[0] == runs[1]
+    assert all(summary[f"{phase}_wall_s"] > 0 for phase in ("ghn", "finetune"))
     records, summary = runs[0]
     assert {r["phase"] for r in records} == {"ghn", "finetune"}
-    assert summary["seed"] == 5 and "ghn_heldout_accuracy" in summary
+    assert summary["ghn_seed"] == summary["finetune_seed"] == 5
     assert load_trial(tmp_path / "a")["summary"]["final_val_accuracy"] == summary["final_val_accuracy"]
-    other = run_trial(dataclasses.replace(config, seed=6), tmp_path / "c")
+    other = run_trial(dataclasses.replace(config, finetune=ft_config("vit", init="logah", seed=6)),
+                      tmp_path / "c")
     assert other["final_val_accuracy"] != summary["final_val_accuracy"] or \
         other["zero_shot_val_accuracy"] != summary["zero_shot_val_accuracy"]
+
+
+def test_trials_with_one_ghn_config_share_one_trained_ghn(tmp_path):
+    training = tiny_config(steps=2, checkpoint_every=2)
+    trained = []
+
+    def train(config, folder, resume):
+        trained.append(folder)
+        return train_ghn(config, folder, resume=resume, progress=False)
+
+    summaries = [run_trial(TrialConfig(ghn_training=training,
+                                       finetune=ft_config("vit", init="logah", seed=seed)),
+                           tmp_path / f"t{seed}", ghn_store=tmp_path / "ghns", train_fn=train)
+                 for seed in (0, 1)]
+    assert len(trained) == 1 and [s["ghn_reused"] for s in summaries] == [False, True]
+    assert summaries[0]["ghn_key"] == summaries[1]["ghn_key"] == config_key(training)
+    other = run_trial(TrialConfig(ghn_training=dataclasses.replace(training, seed=1),
+                                  finetune=ft_config("vit", init="logah")),
+                      tmp_path / "t2", ghn_store=tmp_path / "ghns", train_fn=train)
+    assert len(trained) == 2 and not other["ghn_reused"]
 
 
 def test_trial_with_a_baseline_init_trains_no_ghn(tmp_path):

@@ -41,7 +41,7 @@ def test_every_parameter_predicted_and_forward_finite(ghn, arch):
 
 def test_predictions_come_from_the_ghn_not_an_init(ghn):
     """Same GHN weights → identical tensors; another GHN seed → every tensor differs."""
-    other = build_ghn(ghn.config, seed=1)
+    other = build_ghn(ghn.config, seed=2)
     a, b = ghn([graph_of(SMALL_GPT)])[0], build_ghn(ghn.config, seed=0)([graph_of(SMALL_GPT)])[0]
     c = other([graph_of(SMALL_GPT)])[0]
     for name in a:
@@ -56,6 +56,30 @@ def test_postprocessing_ranges():
     assert ((ln_w > 0) & (ln_w < 2)).all() and (ln_b.abs() < 1).all()
     assert (params["transformer.h.0.attn.c_attn.bias"].abs() < 1).all()
     assert params["transformer.wte.weight"].pow(2).mean().sqrt().item() == pytest.approx(0.02, rel=1e-3)
+
+
+def test_norms_of_predicted_weights_and_embeddings_are_fixed(ghn):
+    """Why there is no predicted-parameter regulariser: the Frobenius norm of every weight and
+    embedding a GHN predicts is set by its shape (unit RMS times the fan-in factor, or RMS 0.02),
+    not by the GHN, so Σ‖W‖ over them is a constant (up to the normalisation's 1e-12 guard)."""
+    from logah.layout import EMBEDDING
+    from logah.postprocess import EMBEDDING_STD
+
+    graph = graph_of(SMALL_GPT)
+    specs = {spec.name: spec for node in graph.params for spec in node}
+    other = build_ghn(ghn.config, seed=2)
+    for params in (ghn([graph])[0], other([graph])[0]):
+        for name, tensor in params.items():
+            spec = specs[name]
+            if spec.kind == WEIGHT:
+                rms = weight_scale(spec, beta=2.0, residual=name.endswith("c_proj.weight"),
+                                   n_layer=SMALL_GPT.n_layer)
+            elif spec.kind == EMBEDDING:
+                rms = EMBEDDING_STD
+            else:
+                continue
+            expected = rms * tensor.numel() ** 0.5
+            assert tensor.norm().item() == pytest.approx(expected, rel=1e-3), name
 
 
 def test_low_rank_weights_have_rank_at_most_r():
@@ -96,6 +120,23 @@ def test_tiled_decoder_repeats_its_chunk():
     low = build_ghn(get_preset("logah-test"))([graph_of(WIDE_VIT)])[0]
     assert not torch.allclose(low["encoder.layers.encoder_layer_0.mlp.0.weight"][:16, :16],
                               low["encoder.layers.encoder_layer_0.mlp.0.weight"][16:32, :16])
+
+
+@pytest.mark.parametrize("arch", [SMALL_GPT, TIED_GPT], ids=["gpt2", "tied-gpt2"])
+def test_tiled_class_head_predicts_the_lm_head_only(arch):
+    """GHN-3's class head (``num_classes`` = 10 rows, repeated) makes the LM head's rows periodic
+    with period 10; every other matrix repeats the 16-wide chunk. The last MLP projection of a
+    tied GPT-2 is not its head: its output rows repeat every 16, not every 10."""
+    config = get_preset("ghn3-test")
+    assert (config.tile or config.hidden, config.num_classes) == (16, 10)
+    params = build_ghn(config)([graph_of(arch)])[0]
+    head = params["transformer.wte.weight" if arch.tie_word_embeddings else "lm_head.weight"]
+    assert torch.equal(head[10], head[0]) and not torch.equal(head[16], head[0])
+    c_proj = params["transformer.h.1.mlp.c_proj.weight"].t()   # Conv1D stores (in, out)
+    assert torch.equal(c_proj[16], c_proj[0]) and not torch.equal(c_proj[10], c_proj[0])
+    if not arch.tie_word_embeddings:   # an untied embedding is not the head either
+        wte = params["transformer.wte.weight"]
+        assert torch.equal(wte[16], wte[0]) and not torch.equal(wte[10], wte[0])
 
 
 def test_prediction_independent_of_meta_batch(ghn):

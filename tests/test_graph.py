@@ -1,5 +1,7 @@
 """Golden graphs: node types, parameter attachment, attention, distances, unsupported modules."""
 
+import collections
+
 import numpy as np
 import pytest
 import torch
@@ -7,7 +9,7 @@ from torch import nn
 
 from conftest import SMALL_GPT, SMALL_VIT, TIED_GPT
 from logah.errors import LogahError
-from logah.graph import build_graph, graph_of
+from logah.graph import DEFAULT_EDGE_CUTOFF, build_graph, graph_of
 from logah.targets import NAMED_TARGETS, GPT2Arch, ViTArch, build_model
 
 GOLDEN_VIT = {"input": 1, "conv": 10, "bias": 10, "pos_enc": 2, "ln": 5, "msa": 2, "sum": 4}
@@ -25,6 +27,23 @@ def test_golden_gpt2_node_types():
 def test_tied_gpt2_has_no_separate_lm_head_node():
     counts = graph_of(TIED_GPT).op_counts()
     assert counts == {**GOLDEN_GPT, "conv": 8}
+
+
+@pytest.mark.parametrize("arch, head, op", [
+    (SMALL_VIT, "heads.head.weight", "conv"),
+    (SMALL_GPT, "lm_head.weight", "conv"),
+    (TIED_GPT, "transformer.wte.weight", "pos_enc"),   # the tied embedding is the LM head
+], ids=["vit", "gpt2", "tied-gpt2"])
+def test_output_node_is_the_classifier_or_lm_head(arch, head, op):
+    graph = graph_of(arch)
+    node = graph.output_node
+    assert [p.name for p in graph.params[node]] == [head] and graph.ops[node] == op
+    last_weight = max(i for i, ps in enumerate(graph.params) if ps and ps[0].kind == "weight")
+    if arch is TIED_GPT:     # the last weight is the last block's MLP projection, not the head
+        assert graph.params[last_weight][0].name == "transformer.h.1.mlp.c_proj.weight"
+        assert last_weight != node
+    else:
+        assert last_weight == node
 
 
 @pytest.mark.parametrize("depth", [1, 4])
@@ -86,6 +105,33 @@ def test_distances_and_virtual_edge_cutoff():
     assert graph.ops[0] == "input" and all(d[0, i] > 0 for i in range(1, 4))
     full = graph_of(SMALL_VIT, edge_cutoff=50).distances
     assert full.max() > 3 and np.array_equal(np.where(full <= 3, full, 0), d)
+
+
+def _bfs_depths(graph) -> list[int]:
+    """Shortest-path length from the input to every node, by breadth-first search over the edges."""
+    succ = collections.defaultdict(list)
+    for s, t in graph.edges.tolist():
+        succ[s].append(t)
+    depth, queue = {0: 0}, collections.deque([0])
+    while queue:
+        s = queue.popleft()
+        for t in succ[s]:
+            if t not in depth:
+                depth[t] = depth[s] + 1
+                queue.append(t)
+    return [depth[i] for i in range(graph.num_nodes)]
+
+
+def test_distance_from_input_has_no_cutoff_in_gpt2_large():
+    """GPT-2-L's deepest nodes are more than 50 steps from the input: each keeps its own depth
+    (the cut-off matrix would give 170 of its 474 nodes the input's distance 0)."""
+    graph = graph_of(NAMED_TARGETS["gpt2-l"])
+    depth = graph.features["input_dist"].tolist()
+    assert depth == _bfs_depths(graph)
+    assert depth.count(0) == 1 and max(depth) > DEFAULT_EDGE_CUTOFF
+    assert sorted(set(depth)) == list(range(max(depth) + 1))
+    far = [d for d in depth if d > DEFAULT_EDGE_CUTOFF]
+    assert len(far) > 100 and np.all(graph.distances[0][np.array(depth) > DEFAULT_EDGE_CUTOFF] == 0)
 
 
 def test_nodes_are_in_topological_order():

@@ -1,0 +1,315 @@
+"""Study folders as tidy pandas tables, read without Ray.
+
+    study = load_study("runs/studies/rank-sweep")
+    study.trials      # one row per trial: settings (dotted names), metrics, times, status, error
+    study.steps       # one row per reported step: the learning curves of both phases
+
+A study folder (``STORAGE/NAME``, written by ``logah.study``) holds ``study.json``,
+``trials.parquet`` and ``steps.parquet``; that is the whole contract, so a study copied off a
+cluster loads on a laptop with no Ray and no running driver. Columns are read as they are, with a
+few derived ones added for grouping (``study``; ``target``, the target's name; ``dataset``, the
+fine-tuning data; ``init_kind``,
+the paper's name of the init: RandInit, OrthInit, GHN-3, LoGAH; ``init_label``, the same with the
+GHN preset and meta-batch, as the rows of the paper's tables: LoGAH-T/m1); optional columns
+(``test``, ``ghn_params``, the GHN ones of a baseline-only study) are simply absent or NaN, and the
+helpers here and in ``logah.analysis.stats`` check for them instead of assuming them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Iterable
+
+import pandas as pd
+
+from logah.errors import LogahError
+from logah.io import atomic_file, read_json
+
+STUDY_FILE = "study.json"
+TRIALS_FILE = "trials.parquet"
+STEPS_FILE = "steps.parquet"
+OPTUNA_FILE = "optuna.db"
+
+STATUS_COMPLETE = "COMPLETE"
+STATUS_FAILED = "FAILED"
+
+TARGET_PREFIX = "finetune.target."
+DATASET = "finetune.data.dataset"
+GHN_PREFIX = "ghn_training.ghn."
+_INIT_NAMES = {"random": "RandInit", "orthogonal": "OrthInit", "ghn3": "GHN-3", "logah": "LoGAH"}
+
+
+@dataclass(frozen=True)
+class Objective:
+    """What a study optimises: a trial-table column and whether higher is better."""
+
+    column: str          # e.g. "best" (the fine-tuning metric's best value) or "ghn_params"
+    mode: str            # "max" or "min"
+    metric: str | None   # the metric the column holds, e.g. "val_accuracy"; None for counts
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.mode == "max"
+
+
+@dataclass(frozen=True)
+class Study:
+    """One study folder, loaded: its record (``study.json``) and its two tables."""
+
+    path: Path
+    meta: dict
+    trials: pd.DataFrame
+    steps: pd.DataFrame
+
+    @property
+    def name(self) -> str:
+        return str(self.meta.get("name", self.path.name))
+
+    @property
+    def objectives(self) -> list[Objective]:
+        return [Objective(o["column"], o.get("mode", "max"), o.get("metric"))
+                for o in self.meta.get("objectives", [])]
+
+    @property
+    def primary(self) -> Objective:
+        """The first objective: the quality metric the study is about."""
+        return self.objectives[0]
+
+    @property
+    def swept(self) -> list[str]:
+        """The swept settings present in the trial table (dotted names)."""
+        return [name for name in self.meta.get("swept", []) if name in self.trials.columns]
+
+    @property
+    def settings(self) -> list[str]:
+        """The swept settings that are not seeds: what the study compares."""
+        return [name for name in self.swept if not is_seed_column(name)]
+
+    @property
+    def completed(self) -> pd.DataFrame:
+        return self.trials[self.trials["status"] == STATUS_COMPLETE]
+
+
+def is_seed_column(name: str) -> bool:
+    """Seeds (``seed``, ``finetune.seed``, ``ghn_training.seed``, ...) are averaged over, never
+    compared."""
+    return name == "seed" or name.endswith(".seed")
+
+
+def load_study(path: str | Path) -> Study:
+    """Load one study folder; a folder that is not a study, or a study without trials yet, is a
+    ``LogahError`` that says which."""
+    path = Path(path)
+    if not path.is_dir():
+        raise LogahError(f"{path}: no such study folder")
+    if not (path / STUDY_FILE).is_file():
+        raise LogahError(f"{path} is not a study folder (no {STUDY_FILE}); give the folder "
+                         f"STORAGE/NAME that a studies/*.py run wrote")
+    meta = read_json(path / STUDY_FILE, "study record")
+    missing = [key for key in ("name", "objectives") if key not in meta]
+    if missing or not meta["objectives"]:
+        raise LogahError(f"{path / STUDY_FILE}: not a study record (missing {missing or ['objectives']})")
+    trials = _read_parquet(path / TRIALS_FILE)
+    if trials is None or trials.empty:
+        raise LogahError(f"study {meta['name']!r} in {path} has no trials yet (empty or missing "
+                         f"{TRIALS_FILE})")
+    for column in ("trial_id", "status"):
+        if column not in trials.columns:
+            raise LogahError(f"{path / TRIALS_FILE}: not a trial table (no {column!r} column)")
+    steps = _read_parquet(path / STEPS_FILE)
+    if steps is None:
+        steps = pd.DataFrame({"trial_id": pd.Series(dtype="str"), "phase": pd.Series(dtype="str"),
+                              "step": pd.Series(dtype="int64")})
+    return Study(path=path, meta=meta, trials=_tidy_trials(trials, meta), steps=_tidy_steps(steps, meta))
+
+
+def load_studies(paths: Iterable[str | Path]) -> list[Study]:
+    """Load several study folders (each checked as in ``load_study``)."""
+    studies = [load_study(p) for p in paths]
+    if not studies:
+        raise LogahError("no study folders given")
+    names = [s.name for s in studies]
+    if len(set(names)) < len(names):
+        raise LogahError(f"two study folders share a name ({names}); their trials would mix")
+    return studies
+
+
+def combined_trials(studies: Iterable[Study]) -> pd.DataFrame:
+    """All studies' trial tables in one (columns a study lacks are NaN; ``study`` tells them apart)."""
+    return pd.concat([s.trials for s in studies], ignore_index=True)
+
+
+def combined_steps(studies: Iterable[Study]) -> pd.DataFrame:
+    return pd.concat([s.steps for s in studies], ignore_index=True)
+
+
+def export_tables(study: Study, out: str | Path, fmt: str = "parquet") -> list[Path]:
+    """Write the study's tidy tables (derived columns included) to ``out/trials.FMT`` and
+    ``out/steps.FMT``, atomically; ``fmt`` is ``parquet`` or ``csv``."""
+    if fmt not in ("parquet", "csv"):
+        raise LogahError(f"export format must be parquet or csv, got {fmt!r}")
+    written = []
+    for name, table in (("trials", study.trials), ("steps", study.steps)):
+        path = Path(out) / f"{name}.{fmt}"
+        if fmt == "csv":
+            atomic_file(path, lambda tmp, t=table: t.to_csv(tmp, index=False))
+        else:
+            atomic_file(path, lambda tmp, t=table: t.to_parquet(tmp, index=False))
+        written.append(path)
+    return written
+
+
+def _read_parquet(path: Path) -> pd.DataFrame | None:
+    if not path.is_file():
+        return None
+    try:
+        return pd.read_parquet(path)
+    except Exception as err:   # pyarrow raises several types for a truncated or foreign file
+        raise LogahError(f"{path}: not a readable Parquet table ({err})") from None
+
+
+def _tidy_trials(trials: pd.DataFrame, meta: dict) -> pd.DataFrame:
+    """Add the grouping columns: the study's name, a target label and an init label."""
+    trials = trials.copy()
+    trials["trial_id"] = trials["trial_id"].astype(str)
+    if "error" not in trials.columns:
+        trials["error"] = ""
+    trials["error"] = trials["error"].fillna("").astype(str)
+    trials.insert(0, "study", str(meta["name"]))
+    trials["target"] = [_target_label(row, meta) for row in _records(trials, TARGET_PREFIX)]
+    trials["dataset"] = trials[DATASET] if DATASET in trials else meta.get("dataset")
+    init = trials["finetune.init"] if "finetune.init" in trials else pd.Series("", index=trials.index)
+    trials["init_kind"] = [_INIT_NAMES.get(str(i), str(i)) for i in init]
+    trials["init_label"] = [_init_label(row) for row in trials.to_dict("records")]
+    return trials
+
+
+def _tidy_steps(steps: pd.DataFrame, meta: dict) -> pd.DataFrame:
+    """GHN-phase metrics without a ``ghn_`` prefix, whichever way the runner wrote them."""
+    steps = steps.copy()
+    steps["trial_id"] = steps["trial_id"].astype(str)
+    renames = {c: c.removeprefix("ghn_") for c in steps.columns
+               if c.startswith("ghn_") and c.removeprefix("ghn_") not in steps.columns}
+    steps = steps.rename(columns=renames)
+    steps.insert(0, "study", str(meta["name"]))
+    return steps
+
+
+def _records(trials: pd.DataFrame, prefix: str) -> list[dict]:
+    columns = [c for c in trials.columns if c.startswith(prefix)]
+    return [{k.removeprefix(prefix): v for k, v in row.items()}
+            for row in trials[columns].to_dict("records")]
+
+
+@cache
+def _named_targets() -> dict[tuple, str]:
+    """Named target architectures (paper and CPU ones), keyed by their flattened record."""
+    from logah.archs import CPU_TARGETS
+    from logah.targets import NAMED_TARGETS, arch_to_dict
+
+    return {_key(arch_to_dict(arch)): name for name, arch in {**NAMED_TARGETS, **CPU_TARGETS}.items()}
+
+
+def _key(record: dict) -> tuple:
+    return tuple(sorted((k, v) for k, v in record.items() if not _missing(v)))
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _target_label(record: dict, meta: dict) -> str:
+    """The target's name (``vit-cpu-target``) when it is a named one, else its family and size."""
+    if not record:   # the study record names its target, or holds its architecture record
+        record = meta.get("target")
+        if not isinstance(record, dict):
+            return str(record or "target")
+    record = {k: (int(v) if isinstance(v, float) and v.is_integer() else v) for k, v in record.items()}
+    name = _named_targets().get(_key(record))
+    if name:
+        return name
+    depth = record.get("num_layers", record.get("n_layer"))
+    width = record.get("hidden_dim", record.get("n_embd"))
+    return f"{record.get('family', 'target')} {depth}x{width}"
+
+
+def _init_label(row: dict) -> str:
+    """How a trial initialised its target, the way the paper's tables name rows: RandInit,
+    OrthInit, or LoGAH / GHN-3 with the GHN's preset and meta-batch (``LoGAH-T/m1``). A GHN
+    that differs from its nearest preset in a setting or two says how (``LoGAH-CPU r=4/m1``);
+    one far from every preset gives its size (``LoGAH d=48, r=12/m1``)."""
+    from logah.inits import GHN_INITS
+
+    init = str(row.get("finetune.init", ""))
+    name = _INIT_NAMES.get(init, init or "unknown")
+    if init not in GHN_INITS:
+        return name
+    ghn = {k.removeprefix(GHN_PREFIX): v for k, v in row.items()
+           if k.startswith(GHN_PREFIX) and not _missing(v)}
+    preset, differences = _nearest_preset(ghn)
+    if preset is not None and len(differences) <= 2:   # logah-t -> LoGAH-T, as in the paper
+        size = "-" + preset.split("-", 1)[1].upper() + "".join(
+            f" {_letter(k)}={_fmt(ghn[k])}" for k in differences)
+    else:
+        shown = ("hidden", "rank") if init == "logah" else ("hidden",)
+        size = " " + ", ".join(f"{_letter(k)}={_fmt(ghn[k])}" for k in shown if k in ghn)
+    meta_batch = row.get("ghn_training.meta_batch")
+    return name + size.rstrip() + ("" if _missing(meta_batch) else f"/m{int(meta_batch)}")
+
+
+def _nearest_preset(ghn: dict) -> tuple[str | None, list[str]]:
+    """The GHN preset (of the same decoder) whose config differs from ``ghn`` in the fewest
+    fields, and those fields."""
+    from logah.presets import GHN_PRESETS
+
+    best: tuple[str | None, list[str]] = (None, [])
+    for name, config in GHN_PRESETS.items():
+        fields = dataclasses.asdict(config)
+        if set(fields) != set(ghn) or fields["decoder"] != ghn["decoder"]:
+            continue
+        differences = [k for k in fields if fields[k] != ghn[k]]
+        if best[0] is None or len(differences) < len(best[1]):
+            best = (name, differences)
+    return best
+
+
+_LETTERS = {"hidden": "d", "rank": "r", "layers": "L", "heads": "H"}   # the paper's symbols
+
+
+def _letter(field: str) -> str:
+    return _LETTERS.get(field, field)
+
+
+def _fmt(value) -> str:
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+
+
+def load_optuna_study(study: Study):
+    """The study's persisted Optuna study (``optuna_storage`` + ``optuna_study_name`` of
+    ``study.json``). An SQLite URL whose file is gone, as after copying the study folder off a
+    cluster, falls back to the ``optuna.db`` inside the folder. No storage is a ``LogahError``."""
+    import optuna
+
+    url = study.meta.get("optuna_storage") or ""
+    name = study.meta.get("optuna_study_name") or study.name
+    local = study.path / OPTUNA_FILE
+    if url.startswith("sqlite:///"):
+        path = Path(url.removeprefix("sqlite:///"))
+        if not path.is_file():   # reading a missing SQLite file would create an empty one
+            if not local.is_file():
+                raise LogahError(f"study {study.name!r}: its Optuna storage {url} does not exist")
+            url = f"sqlite:///{local.resolve()}"
+    elif not url:
+        if not local.is_file():
+            raise LogahError(f"study {study.name!r} records no Optuna storage")
+        url = f"sqlite:///{local.resolve()}"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        return optuna.load_study(study_name=name, storage=url)
+    except Exception as err:   # KeyError for a missing study, SQLAlchemy errors for a bad URL
+        raise LogahError(f"study {study.name!r}: cannot load Optuna study {name!r} from {url} "
+                         f"({type(err).__name__}: {err})") from None

@@ -1,0 +1,62 @@
+"""GHNs shared between trials: one trained GHN per GHN-training config.
+
+A study that fine-tunes the same GHN with several seeds, learning rates or targets should train
+that GHN once. Trials ask the store for the GHN of their ``TrainConfig``; the store keys folders
+by a hash of the config's JSON record, so identical configs (and only those) share a folder:
+
+    STORE/<key>/            the GHN checkpoint folder that ``train_ghn`` leaves (predict --ghn)
+    STORE/<key>/store.json  written last: the config, wall and CPU time of the training
+
+Two trials that want the same GHN at once are serialised by an exclusive ``flock`` on
+``STORE/<key>.lock``: the first trains, the second waits and then reuses it. A training that was
+interrupted (its trial killed) is resumed from its last checkpoint by whichever trial comes next.
+``flock`` works between processes of one machine and on NFS v4 shares; on an object store the
+study runs trials without a shared store (each trial trains its own GHN).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+from logah.io import read_json, write_json
+from logah.training import TrainConfig
+
+DONE_FILE = "store.json"
+
+# train(config, folder, resume) -> metric history; ``logah.training.train_ghn`` or its Ray twin
+GHNTrainFn = Callable[[TrainConfig, Path, bool], list]
+
+
+def config_key(config: TrainConfig) -> str:
+    """A short, stable hash of everything that determines the trained GHN."""
+    record = json.dumps(config.to_dict(), sort_keys=True, allow_nan=False)
+    return hashlib.sha256(record.encode()).hexdigest()[:16]
+
+
+def shared_ghn(config: TrainConfig, store: str | Path, train: GHNTrainFn) -> tuple[Path, dict]:
+    """The folder of the GHN trained with ``config``, training it first unless the store already
+    holds it. Returns the folder and its record: ``key``, ``reused`` (trained by another trial),
+    ``wall_s`` / ``cpu_s`` of the training itself (counted once, by the trial that trained)."""
+    store = Path(store)
+    store.mkdir(parents=True, exist_ok=True)
+    key = config_key(config)
+    folder = store / key
+    with open(store / f"{key}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)    # released when the file closes, also on a crash
+        if (folder / DONE_FILE).is_file():
+            return folder, {**read_json(folder / DONE_FILE, "GHN store record"), "reused": True}
+        resume = (folder / "checkpoint").is_dir()
+        if not resume:
+            shutil.rmtree(folder, ignore_errors=True)   # a start that died before a checkpoint
+        wall, cpu = time.perf_counter(), time.process_time()
+        train(config, folder, resume)
+        record = {"key": key, "wall_s": time.perf_counter() - wall,
+                  "cpu_s": time.process_time() - cpu, "config": config.to_dict()}
+        write_json(folder / DONE_FILE, record)
+        return folder, {**record, "reused": False}

@@ -1,0 +1,93 @@
+"""The command line every study script shares: ``main(STUDY)``.
+
+    python studies/rank_sweep.py --preset smoke --storage /abs/studies
+    ray job submit --working-dir . -- python studies/rank_sweep.py --storage /shared/studies
+
+Bad input (an unknown preset, an empty range, ``--num-samples 0``, storage that cannot be
+written, a name with a path separator, an objective the study does not report) stops before
+Ray starts: one line on stderr, exit status 2, nothing written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from logah.errors import LogahError
+from logah.study.scales import SCALES
+from logah.study.space import parse_param, parse_value
+from logah.study.spec import OBJECTIVES, SEARCHES, Study, StudyOptions, plan_study
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):   # one line, exit 2 (argparse prints the whole usage)
+        raise LogahError(message)
+
+
+def _assignments(items: list[str], what: str, parse) -> dict:
+    settings = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise LogahError(f"{what} {item!r}: expected NAME=VALUE")
+        settings[name.strip()] = parse(value)
+    return settings
+
+
+def build_parser(study: Study) -> argparse.ArgumentParser:
+    p = _Parser(prog=f"studies/{study.name}.py", description=study.question)
+    p.add_argument("--preset", default="smoke", choices=SCALES,
+                   help="smoke: minutes on 2 CPU cores; cpu: about an hour on 2 cores; "
+                        "paper: the paper's setting, for a GPU cluster")
+    p.add_argument("--task", choices=study.tasks, help=f"target family (default {study.tasks[0]})")
+    p.add_argument("--storage", default="runs/studies",
+                   help="folder holding studies (absolute inside a Ray job; shared by every "
+                        "node on a cluster)")
+    p.add_argument("--name", help="study name (default: SCRIPT-TASK-PRESET)")
+    p.add_argument("--num-samples", type=int, help="trials (default: the grid, or the preset's)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted study")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampler")
+    p.add_argument("--search", choices=SEARCHES, help=f"default: {study.search}")
+    p.add_argument("--scheduler", choices=("asha",), help="prune trials on the fine-tuning metric")
+    p.add_argument("--objectives", default="quality",
+                   help=f"comma-separated, from {', '.join(OBJECTIVES)} (two: NSGA-II, Pareto front)")
+    p.add_argument("--train-workers", type=int, default=1,
+                   help="Ray Train workers per GHN training (1: in the trial's process)")
+    p.add_argument("--gpu", action="store_true", help="train on GPUs (one per trial or worker)")
+    p.add_argument("--optuna-storage", help="Optuna storage URL (default: SQLite in the study "
+                   "folder; postgresql://... to share one study between jobs)")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                   help="fix a trial setting, e.g. ghn_training.steps=100")
+    p.add_argument("--sweep", action="append", default=[], metavar="NAME=SPEC",
+                   help="sweep a setting too: a,b,c or lo:hi[:step] or lo:hi:log")
+    return p
+
+
+def parse_options(study: Study, argv: list[str] | None) -> StudyOptions:
+    args = build_parser(study).parse_args(argv)
+    return StudyOptions(
+        preset=args.preset, task=args.task, storage=args.storage, name=args.name,
+        num_samples=args.num_samples, resume=args.resume, seed=args.seed, search=args.search,
+        scheduler=args.scheduler,
+        objectives=tuple(o.strip() for o in args.objectives.split(",") if o.strip()),
+        train_workers=args.train_workers, gpu=args.gpu, optuna_storage=args.optuna_storage,
+        set=_assignments(args.set, "--set", parse_value),
+        sweep=_assignments(args.sweep, "--sweep", parse_param))
+
+
+def main(study: Study, argv: list[str] | None = None) -> int:
+    """Parse, plan, run and print a study; 0 on success, 2 on bad input."""
+    try:
+        plan = plan_study(study, parse_options(study, argv))
+        from logah.study.runner import run_study
+        from logah.study.summary import print_summary
+
+        table = run_study(plan)
+    except LogahError as err:
+        print(f"{study.name}: error: {err}", file=sys.stderr)
+        return 2
+    print_summary(plan, table)
+    from logah.analysis import write_report
+
+    print(f"report: {write_report([plan.study_dir])}")
+    return 0

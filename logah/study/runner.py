@@ -1,0 +1,365 @@
+"""Running a study on Ray Tune: searcher, scheduler, resources, the trial function, resume.
+
+    plan = plan_study(STUDY, options)        # logah.study.spec: checked, nothing written
+    table = run_study(plan)                  # trials on Ray Tune; the study folder's tables
+
+Each trial is ``logah.trial.run_trial`` in a Tune function trainable, in its own folder
+``STUDY/trials/<trial_id>`` (so a restarted trial resumes its phases from their checkpoints).
+Trials whose GHN-training config is identical share one trained GHN (``STUDY/ghns``).
+
+Resources (Ray 2.60 deadlocks silently when they do not add up; reference/ray-ecosystem.md §3):
+with ``train_workers == 1`` a trial holds one CPU (and one GPU with ``gpu``) and trains in its
+own process; with more, the trial is a *driver* holding only the custom resource ``train_driver``
+and its GHN training runs on a ``TorchTrainer`` with that many workers, whose rank-0 metrics reach
+Tune through ``GHNTuneReport``. ``max_concurrent_trials`` follows from the cluster's resources.
+
+The searcher is Optuna's (``OptunaSearch``, define-by-run): TPE (seeded), a grid
+(``GridSampler``) or, with two objectives, NSGA-II; its study is stored at ``optuna_storage``
+(default ``STUDY/optuna.db``) under the study's name, each trial tagged with its Tune trial id.
+Tune's own experiment state lives in ``STUDY/tune``; ``--resume`` restores it with
+``Tuner.restore``: finished trials are not run again, unfinished ones resume from their
+checkpoints.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from pathlib import Path
+
+import optuna
+import pandas as pd
+from ray import tune
+from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.search.optuna import OptunaSearch
+
+from logah.errors import LogahError
+from logah.finetune import summarize
+from logah.ghn_store import config_key
+from logah.io import read_json, write_json
+from logah.study.spec import StudyPlan, ghn_params
+from logah.study.tables import (GHNS_DIR, TRIALS_DIR, now, read_metrics, read_record,
+                                write_record, write_tables)
+from logah.trial import run_trial
+
+TUNE_DIR = "tune"
+STUDY_FILE = "study.json"
+LOCK_FILE = ".lock"
+DRIVER_RESOURCE = "train_driver"
+
+
+# --- inside a trial --------------------------------------------------------------------------
+class _TuneReporter:
+    """Forwards trial records to Tune; fine-tuning records carry the running ``best`` of the
+    study's metric (what the searcher and ASHA compare) and the GHN's size."""
+
+    def __init__(self, plan: StudyPlan, n_params: float):
+        self.metric, self.mode, self.n_params = plan.metric, plan.mode, n_params
+        self.best = None
+
+    def __call__(self, record: dict) -> None:
+        if self.metric in record:
+            value = record[self.metric]
+            better = max if self.mode == "max" else min
+            self.best = value if self.best is None else better(self.best, value)
+            record = {**record, "best": self.best, "ghn_params": self.n_params}
+        tune.report(record)
+
+
+class GHNTuneReport(TuneReportCallback):
+    """Rank 0's GHN-training metrics from Ray Train workers to Tune, tagged like the metrics of
+    an in-process GHN phase (``phase: ghn``, ``ghn_`` prefix)."""
+
+    def after_report(self, run_context, metrics, checkpoint):
+        tagged = [{"phase": "ghn", **{f"ghn_{k}": v for k, v in m.items()}} for m in metrics]
+        super().after_report(run_context, tagged, None)
+
+
+def _ray_train_ghn(plan: StudyPlan):
+    """The GHN-training function of a trial whose GHN trains on Ray Train workers."""
+    from logah.distributed import train_ghn_ray
+
+    def train(config, folder: Path, resume: bool) -> list:
+        train_ghn_ray(config, folder, workers=plan.options.train_workers,
+                      use_gpu=plan.options.gpu, callbacks=[GHNTuneReport()])
+        return read_metrics(folder / "metrics.jsonl")
+
+    return train
+
+
+def _final_metrics(record: dict, plan: StudyPlan) -> dict:
+    summary = record["summary"]
+    return {"best": summary[f"best_{plan.metric}"], "final": summary[f"final_{plan.metric}"],
+            "zero_shot": summary[f"zero_shot_{plan.metric}"],
+            "ghn_params": record["ghn_params"], "done": True}
+
+
+def study_trial(sampled: dict, plan: StudyPlan) -> None:
+    """One trial of the study (a Tune function trainable)."""
+    trial_id = tune.get_context().get_trial_id()
+    folder = plan.study_dir / TRIALS_DIR / trial_id
+    previous = read_record(folder) or {}
+    if previous.get("status") == "COMPLETE":   # finished before the driver was interrupted
+        tune.report(_final_metrics(previous, plan))
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    record = {"trial_id": trial_id, "status": "RUNNING", "settings": sampled,
+              "metric": plan.metric, "mode": plan.mode,
+              "started_at": previous.get("started_at") or now()}
+    write_record(folder, record)
+    try:
+        config = plan.trial_config(sampled)
+        record.update(config=config.to_dict(), ghn_params=ghn_params(config),
+                      ghn_key=config_key(config.ghn_training) if config.uses_ghn else None)
+        write_record(folder, record)
+        distributed = plan.options.train_workers > 1
+        summary = run_trial(config, folder, report=_TuneReporter(plan, record["ghn_params"]),
+                            device="cuda" if plan.options.gpu and not distributed else "cpu",
+                            ghn_store=plan.study_dir / GHNS_DIR,
+                            train_fn=_ray_train_ghn(plan) if distributed else None)
+    except Exception as err:
+        record.update(status="FAILED", error=f"{type(err).__name__}: {err}", finished_at=now(),
+                      wall_s=time.perf_counter() - start)
+        write_record(folder, record)
+        raise
+    record.update(status="COMPLETE", summary=summary, finished_at=now(),
+                  wall_s=time.perf_counter() - start)
+    write_record(folder, record)
+    tune.report(_final_metrics(record, plan))
+
+
+# --- on the driver ---------------------------------------------------------------------------
+class TableCallback(tune.Callback):
+    """Keeps the study's tables current: after every finished or failed trial, and at the end.
+    Also closes the records of trials that Tune ended from outside (ASHA stopping one early, a
+    trial process that died), which the trials themselves could not write."""
+
+    def __init__(self, plan: StudyPlan):
+        self.plan = plan
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        folder = self.plan.study_dir / TRIALS_DIR / trial.trial_id
+        record = read_record(folder)
+        if record is not None and record["status"] == "RUNNING":   # stopped by the scheduler
+            history = read_metrics(folder / "finetune" / "metrics.jsonl")
+            if any(self.plan.metric in m for m in history):
+                record.update(summary=summarize(history, self.plan.metric, self.plan.mode))
+            record.update(status="COMPLETE", stopped_early=True, finished_at=now())
+            write_record(folder, record)
+        write_tables(self.plan.study_dir)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        folder = self.plan.study_dir / TRIALS_DIR / trial.trial_id
+        record = read_record(folder) or {"trial_id": trial.trial_id, "settings": trial.config}
+        if record.get("status") != "FAILED":   # the process died before it could say why
+            error_file = getattr(trial, "error_file", None)
+            detail = Path(error_file).read_text().strip().splitlines()[-1] \
+                if error_file and Path(error_file).is_file() else "the trial process died"
+            record.update(status="FAILED", error=detail, finished_at=now())
+            folder.mkdir(parents=True, exist_ok=True)
+            write_record(folder, record)
+        write_tables(self.plan.study_dir)
+
+    def on_experiment_end(self, trials, **info):
+        write_tables(self.plan.study_dir)
+
+
+class _DefineByRun:
+    """The search space as Optuna's define-by-run function (picklable, for Tune's restore)."""
+
+    def __init__(self, space: dict):
+        self.space = space
+
+    def __call__(self, trial) -> None:
+        for name, param in self.space.items():
+            param.suggest(trial, name)
+
+
+class TaggedOptunaSearch(OptunaSearch):
+    """OptunaSearch that records the Tune trial id on each Optuna trial (``tune_trial_id``), so
+    the Optuna study and the trial table can be joined, and whose intermediate values are the
+    fine-tuning records' (at their fine-tuning step), not the GHN phase's, which have none."""
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if (isinstance(self.metric, str) and self.metric in result and "step" in result
+                and trial_id not in self._completed_trials):
+            self._ot_trials[trial_id].report(result[self.metric], result["step"])
+
+    def suggest(self, trial_id: str):
+        config = super().suggest(trial_id)
+        if trial_id in self._ot_trials:
+            self._ot_trials[trial_id].set_user_attr("tune_trial_id", trial_id)
+        return config
+
+
+def _searcher(plan: StudyPlan):
+    seed = plan.options.seed
+    if len(plan.objectives) > 1:
+        sampler = optuna.samplers.NSGAIISampler(seed=seed)
+    elif plan.search == "grid":
+        sampler = optuna.samplers.GridSampler({n: p.grid() for n, p in plan.space.items()},
+                                              seed=seed)
+    else:
+        sampler = optuna.samplers.TPESampler(seed=seed)
+    metrics = [o["column"] for o in plan.objectives]
+    modes = [o["mode"] for o in plan.objectives]
+    try:
+        storage = optuna.storages.RDBStorage(plan.optuna_storage)
+    except Exception as err:   # SQLAlchemy raises many types for a bad URL or an unreachable DB
+        raise LogahError(f"--optuna-storage {plan.optuna_storage}: {err}") from None
+    return TaggedOptunaSearch(space=_DefineByRun(plan.space),
+                              metric=metrics if len(metrics) > 1 else metrics[0],
+                              mode=modes if len(modes) > 1 else modes[0], sampler=sampler,
+                              study_name=plan.name, storage=storage)
+
+
+def _scheduler(plan: StudyPlan):
+    if plan.options.scheduler != "asha":
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    finetune = plan.trial_config({}).finetune
+    return ASHAScheduler(time_attr="step", metric="best", mode=plan.mode, max_t=finetune.steps,
+                         grace_period=finetune.eval_every, reduction_factor=2)
+
+
+def connect_ray() -> None:
+    """Attach to the cluster of a Ray job (``RAY_ADDRESS``), else start an embedded local Ray
+    with every core (never a bare ``ray.init()``: it would attach to a leftover ``ray start``)."""
+    import logging
+
+    import ray
+
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(logging_level=logging.WARNING)
+        return
+    cpus = len(os.sched_getaffinity(0))
+    ray.init("local", num_cpus=cpus, resources={DRIVER_RESOURCE: cpus},
+             dashboard_host="127.0.0.1", logging_level=logging.WARNING)
+
+
+def _trial_resources(plan: StudyPlan) -> tuple[dict, int]:
+    """What one trial holds, and how many can run at once on this cluster."""
+    import ray
+
+    available = ray.cluster_resources()
+    workers, gpu = plan.options.train_workers, plan.options.gpu
+    if gpu and available.get("GPU", 0) < 1:
+        raise LogahError("--gpu: the Ray cluster has no GPU")
+    if workers == 1:
+        resources = {"CPU": 1, **({"GPU": 1} if gpu else {})}
+        limit = int(available.get("CPU", 0)) if not gpu else int(available["GPU"])
+    else:
+        if available.get(DRIVER_RESOURCE, 0) < 1:
+            raise LogahError(f"--train-workers {workers}: the cluster has no '{DRIVER_RESOURCE}' "
+                             f"resource for trial drivers (start its head with --resources "
+                             f"'{{\"{DRIVER_RESOURCE}\": 4}}', as cluster/ does)")
+        resources = {DRIVER_RESOURCE: 1}
+        per_worker = "GPU" if gpu else "CPU"
+        limit = min(int(available[DRIVER_RESOURCE]), int(available.get(per_worker, 0)) // workers)
+    if limit < 1:
+        raise LogahError(f"the Ray cluster ({int(available.get('CPU', 0))} CPUs, "
+                         f"{int(available.get('GPU', 0))} GPUs) cannot run one trial with "
+                         f"--train-workers {workers}{' --gpu' if gpu else ''}")
+    return resources, limit
+
+
+def _check_folder(plan: StudyPlan) -> None:
+    """A new study needs a new folder; a resumed one, the same study's folder."""
+    tune_dir = plan.study_dir / TUNE_DIR
+    if plan.options.resume:
+        if not tune.Tuner.can_restore(str(tune_dir)):
+            raise LogahError(f"cannot resume: {plan.study_dir} holds no study run "
+                             f"(run it without --resume first)")
+        saved = read_json(plan.study_dir / STUDY_FILE, "study record")
+        if saved.get("swept") != sorted(plan.space) or saved.get("search") != _search_name(plan):
+            raise LogahError(f"cannot resume {plan.study_dir}: it was run with another search "
+                             f"space or search (swept {saved.get('swept')})")
+    elif plan.study_dir.exists() and any(plan.study_dir.iterdir()):
+        raise LogahError(f"study folder {plan.study_dir} already exists (use --resume to "
+                         f"continue it, or another --name)")
+    existing = next(p for p in (plan.study_dir, *plan.study_dir.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise LogahError(f"cannot write the study folder {plan.study_dir}: {existing} is not a "
+                         f"writable folder")
+
+
+def _create_folder(plan: StudyPlan) -> None:
+    try:
+        plan.study_dir.mkdir(parents=True, exist_ok=True)
+        probe = plan.study_dir / ".write-probe"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise LogahError(f"cannot write the study folder {plan.study_dir}: "
+                         f"{err.strerror or err}") from None
+
+
+def _search_name(plan: StudyPlan) -> str:
+    return "nsga2" if len(plan.objectives) > 1 else plan.search
+
+
+def _study_record(plan: StudyPlan, **extra) -> dict:
+    return {"name": plan.name, "script": plan.study.name, "question": plan.study.question,
+            "preset": plan.options.preset, "task": plan.task, "objectives": plan.objectives,
+            "swept": sorted(plan.space), "fixed": plan.fixed,
+            "target": plan.trial_config({}).finetune.target,
+            "dataset": plan.trial_config({}).finetune.data.dataset,
+            "num_samples": plan.num_samples,
+            "search": _search_name(plan),
+            "scheduler": plan.options.scheduler, "train_workers": plan.options.train_workers,
+            "optuna_storage": plan.optuna_storage, "optuna_study_name": plan.name, **extra}
+
+
+def run_study(plan: StudyPlan) -> pd.DataFrame:
+    """Run (or, with ``resume``, continue) the study; returns its trial table. Everything that
+    can refuse the run (folder, cluster resources, storage) is checked before anything is
+    written."""
+    _check_folder(plan)
+    started = time.perf_counter()      # the study's wall time includes starting Ray
+    os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
+    # GHN-phase records carry no fine-tuning metric yet; the final record of a trial always does
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    connect_ray()
+    resources, limit = _trial_resources(plan)
+    _create_folder(plan)
+    with open(plan.study_dir / LOCK_FILE, "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LogahError(f"study {plan.study_dir} is being run by another process") from None
+        return _run_locked(plan, resources, limit, started)
+
+
+def _run_locked(plan: StudyPlan, resources: dict, limit: int, started: float) -> pd.DataFrame:
+    previous = read_json(plan.study_dir / STUDY_FILE, "study record") if plan.options.resume else {}
+    searcher = None if plan.options.resume else _searcher(plan)
+    write_json(plan.study_dir / STUDY_FILE, _study_record(
+        plan, started_at=previous.get("started_at") or now(), finished_at=None,
+        wall_s=previous.get("wall_s"), concurrency=limit))
+    trainable = tune.with_resources(tune.with_parameters(study_trial, plan=plan), resources)
+    run_config = tune.RunConfig(name=TUNE_DIR, storage_path=str(plan.study_dir),
+                                failure_config=tune.FailureConfig(max_failures=0),
+                                callbacks=[TableCallback(plan)], verbose=1)
+    if plan.options.resume:
+        tuner = tune.Tuner.restore(str(plan.study_dir / TUNE_DIR), trainable,
+                                   resume_unfinished=True, resume_errored=False)
+    else:
+        tuner = tune.Tuner(trainable, run_config=run_config, tune_config=tune.TuneConfig(
+            search_alg=searcher, scheduler=_scheduler(plan), num_samples=plan.num_samples,
+            max_concurrent_trials=limit, trial_dirname_creator=_trial_dirname))
+    tuner.fit()
+    table = write_tables(plan.study_dir)
+    elapsed = time.perf_counter() - started + (previous.get("wall_s") or 0.0)
+    record = read_json(plan.study_dir / STUDY_FILE, "study record")
+    write_json(plan.study_dir / STUDY_FILE, {**record, "finished_at": now(), "wall_s": elapsed})
+    return table
+
+
+def _trial_dirname(trial) -> str:
+    return trial.trial_id
+

@@ -1,0 +1,230 @@
+"""Search spaces over the fields of ``TrialConfig``, named by dotted paths.
+
+A study declares what it sweeps as ``{dotted name: parameter}``:
+
+    {"ghn_training.ghn.rank": Choice(4, 8, 16),
+     "finetune.lr": FloatRange(1e-3, 1e-1, log=True),
+     "decoder": Variants(low_rank={"ghn_training.ghn": "logah-cpu", "finetune.init": "logah"},
+                         tiled={"ghn_training.ghn": "ghn3-cpu", "finetune.init": "ghn3"})}
+
+A dotted name addresses a field of the trial config's JSON record (``TrialConfig.to_dict()``),
+so every field is sweepable, including the architecture-sampling settings
+(``ghn_training.space.num_archs``). ``Variants`` ties several settings to one named choice,
+for settings that only make sense together (a decoder and the init that uses it). Values of
+``ghn_training.ghn``, ``ghn_training.space`` and ``finetune.target`` may be preset names.
+
+Parameters suggest through Optuna's define-by-run API (``suggest``) and list their values for a
+grid (``grid``). An empty or inverted range is a ``LogahError`` when the study starts, before any
+trial runs.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from logah.errors import LogahError
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One of a few values (categorical)."""
+
+    values: tuple
+
+    def __init__(self, *values):
+        object.__setattr__(self, "values", tuple(values))
+
+    def check(self, name: str) -> None:
+        if not self.values:
+            raise LogahError(f"search space: {name} has no values")
+        if len(set(map(repr, self.values))) != len(self.values):
+            raise LogahError(f"search space: {name} lists a value twice: {self.values}")
+
+    def suggest(self, trial, name: str):
+        return trial.suggest_categorical(name, list(self.values))
+
+    def grid(self) -> list:
+        return list(self.values)
+
+    def corners(self) -> list:
+        return list(self.values)
+
+
+@dataclass(frozen=True)
+class IntRange:
+    """An integer in [low, high] (both included), every ``step``."""
+
+    low: int
+    high: int
+    step: int = 1
+
+    def check(self, name: str) -> None:
+        if self.step <= 0 or self.low > self.high:
+            raise LogahError(f"search space: {name} is an empty range "
+                             f"[{self.low}, {self.high}] (step {self.step})")
+
+    def suggest(self, trial, name: str) -> int:
+        return trial.suggest_int(name, self.low, self.high, step=self.step)
+
+    def grid(self) -> list:
+        return list(range(self.low, self.high + 1, self.step))
+
+    def corners(self) -> list:
+        return [self.low, self.grid()[-1]]
+
+
+@dataclass(frozen=True)
+class FloatRange:
+    """A real number in [low, high], uniform or (``log``) log-uniform. Not for grids."""
+
+    low: float
+    high: float
+    log: bool = False
+
+    def check(self, name: str) -> None:
+        if not (math.isfinite(self.low) and math.isfinite(self.high)) or self.low >= self.high:
+            raise LogahError(f"search space: {name} is an empty range [{self.low}, {self.high}]")
+        if self.log and self.low <= 0:
+            raise LogahError(f"search space: {name} is log-scaled but starts at {self.low} <= 0")
+
+    def suggest(self, trial, name: str) -> float:
+        return trial.suggest_float(name, self.low, self.high, log=self.log)
+
+    def grid(self) -> list:
+        raise LogahError("a FloatRange has no grid: use Choice for --search grid")
+
+    def corners(self) -> list:
+        return [self.low, self.high]
+
+
+@dataclass(frozen=True)
+class Variants:
+    """Named bundles of settings: the study samples a name, the trial gets its settings."""
+
+    options: dict
+
+    def __init__(self, **options: dict):
+        object.__setattr__(self, "options", options)
+
+    def check(self, name: str) -> None:
+        if not self.options:
+            raise LogahError(f"search space: {name} has no variants")
+
+    def suggest(self, trial, name: str) -> str:
+        return trial.suggest_categorical(name, list(self.options))
+
+    def grid(self) -> list:
+        return list(self.options)
+
+    def corners(self) -> list:
+        return list(self.options)
+
+
+Param = Choice | IntRange | FloatRange | Variants
+
+
+def parse_param(text: str) -> Param:
+    """A parameter from the command line: ``a,b,c`` (choice), ``lo:hi`` or ``lo:hi:step``
+    (integers), ``lo:hi`` / ``lo:hi:log`` with a decimal point or exponent (reals)."""
+    text = text.strip()
+    if ":" in text:
+        parts = text.split(":")
+        if len(parts) not in (2, 3) or not all(parts):
+            raise LogahError(f"cannot read range {text!r}: use lo:hi, lo:hi:step or lo:hi:log")
+        log = len(parts) == 3 and parts[2] == "log"
+        try:
+            if any(c in "".join(parts[:2]) for c in ".eE") or log:
+                return FloatRange(float(parts[0]), float(parts[1]), log=log)
+            return IntRange(int(parts[0]), int(parts[1]), int(parts[2]) if len(parts) == 3 else 1)
+        except ValueError:
+            raise LogahError(f"cannot read range {text!r}: bounds must be numbers") from None
+    return Choice(*(parse_value(v) for v in text.split(",")))
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value: an int, a float, true/false/none, or else the string itself."""
+    text = text.strip()
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("none", "null"):
+        return None
+    for kind in (int, float):
+        try:
+            value = kind(text)
+        except ValueError:
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            raise LogahError(f"value {text!r} is not a finite number")
+        return value
+    return text
+
+
+def _named_value(path: str, value: Any) -> Any:
+    """Preset names accepted for whole records: GHN presets, spaces and targets."""
+    if not isinstance(value, str):
+        return value
+    if path == "ghn_training.ghn":
+        from logah.presets import get_preset
+
+        return get_preset(value).to_dict()
+    if path == "ghn_training.space":
+        from logah.archs import get_space, space_to_dict
+
+        return space_to_dict(get_space(value))
+    if path == "finetune.target":
+        from logah.targets import arch_to_dict, resolve_target
+
+        return arch_to_dict(resolve_target(value))
+    return value
+
+
+def set_dotted(record: dict, path: str, value: Any) -> None:
+    """Set ``record[a][b][c] = value`` for ``path`` "a.b.c"; every key must already exist (a
+    typo in a study is an error, not a silently ignored setting)."""
+    *parents, leaf = path.split(".")
+    node = record
+    for depth, key in enumerate(parents):
+        if not isinstance(node, dict) or key not in node or not isinstance(node[key], dict):
+            raise LogahError(f"unknown trial setting {path!r}: "
+                             f"{'.'.join(parents[:depth + 1])!r} is not a group of settings")
+        node = node[key]
+    if not isinstance(node, dict) or leaf not in node:
+        known = sorted(node) if isinstance(node, dict) else []
+        raise LogahError(f"unknown trial setting {path!r}; "
+                         f"{'.'.join(parents) or 'the trial'} has {known}")
+    node[leaf] = _named_value(path, value)
+
+
+def apply_settings(base: dict, settings: dict[str, Any], space: dict[str, Param]) -> dict:
+    """The trial record ``base`` with ``settings`` applied; a ``Variants`` name expands to its
+    bundle of settings, applied first so that explicit settings can refine it."""
+    record = copy.deepcopy(base)
+    ordered = sorted(settings.items(), key=lambda item: not isinstance(space.get(item[0]), Variants))
+    for name, value in ordered:
+        param = space.get(name)
+        if isinstance(param, Variants):
+            for path, setting in param.options[value].items():
+                set_dotted(record, path, setting)
+        else:
+            set_dotted(record, name, value)
+    return record
+
+
+def flatten(record: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists stay values (a table cell each)."""
+    flat: dict[str, Any] = {}
+    for key, value in record.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def grid_size(space: dict[str, Param]) -> int:
+    return math.prod(len(param.grid()) for param in space.values())

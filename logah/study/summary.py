@@ -1,0 +1,44 @@
+"""What a finished study prints: its trial table and the swept settings against the metric,
+averaged over seeds, then where its folder is."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from logah.analysis.stats import aggregate_seeds
+
+from logah.study.spec import StudyPlan
+
+
+def _short(name: str) -> str:
+    return name.rsplit(".", 1)[-1]
+
+
+def seed_summary(table: pd.DataFrame, swept: list[str], column: str = "best") -> pd.DataFrame:
+    """Mean, spread and count of ``column`` over the seeds of every swept setting (complete
+    trials only); seeds are the swept settings whose name ends in ``seed``."""
+    done = table[table["status"] == "COMPLETE"]
+    keys = [s for s in swept if not s.endswith("seed") and s in done.columns]
+    if done.empty or not keys:
+        return pd.DataFrame()
+    return aggregate_seeds(done, by=keys, value=column).rename(columns={k: _short(k) for k in keys})
+
+
+def print_summary(plan: StudyPlan, table: pd.DataFrame) -> None:
+    swept = [s for s in sorted(plan.space) if s in table.columns]
+    columns = ["trial_id", "status", *swept, "zero_shot", "best", "final", "ghn_params", "wall_s"]
+    shown = table[[c for c in columns if c in table.columns]].rename(columns=_short)
+    with pd.option_context("display.max_rows", 200, "display.width", 160,
+                           "display.float_format", "{:.4g}".format):
+        print(f"\nStudy {plan.name}: {plan.study.question}")
+        print(f"metric: {plan.metric} ({plan.mode}), best over fine-tuning; "
+              f"{(table['status'] == 'COMPLETE').sum()} of {len(table)} trials complete\n")
+        print(shown.to_string(index=False))
+        summary = seed_summary(table, swept)
+        if not summary.empty and len(summary) < len(table):
+            print(f"\nbest {plan.metric} over seeds:")
+            print(summary.to_string(index=False))
+        failed = table[table["status"] == "FAILED"]
+        for _, row in failed.iterrows():
+            print(f"failed {row['trial_id']}: {row['error']}")
+    print(f"\nstudy folder: {plan.study_dir}")

@@ -1,0 +1,125 @@
+"""The trial table and the step table of a study, rebuilt from the trial folders.
+
+Every trial leaves ``trials/<trial_id>/record.json`` (written when it starts, again when it ends)
+beside the metric logs of its phases. The tables are a function of those files alone, so they
+can be rebuilt at any time, by the running study after each trial, after a crash, or by a
+notebook without Ray:
+
+    trials.parquet / trials.csv   one row per trial: id, status, error, every trial setting as a
+                                  dotted column, GHN parameters, the fine-tuning metric at step 0
+                                  (``zero_shot``), its ``best`` and ``final`` values, held-out GHN
+                                  metrics, wall and CPU seconds per phase
+    steps.parquet                 one row per reported record: trial id, phase, step, metrics
+
+Both are written through a temporary file and a rename: a reader never sees half a table.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+
+from logah.analysis.stats import pareto_mask
+from logah.io import atomic_file, read_json, write_json
+from logah.study.space import flatten
+from logah.training import METRICS_FILE
+
+TRIALS_DIR = "trials"
+GHNS_DIR = "ghns"
+RECORD_FILE = "record.json"
+STATUSES = ("COMPLETE", "FAILED", "RUNNING")
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def write_record(folder: Path, record: dict) -> None:
+    write_json(folder / RECORD_FILE, record)
+
+
+def read_record(folder: Path) -> dict | None:
+    path = folder / RECORD_FILE
+    return read_json(path, "trial record") if path.is_file() else None
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """Records of a ``metrics.jsonl``; a line being written right now is skipped."""
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def _cell(value):
+    """Table cells are scalars: lists and records (width bands, heads rules) become JSON."""
+    return json.dumps(value) if isinstance(value, (list, tuple, dict)) else value
+
+
+def trial_row(record: dict) -> dict:
+    summary = record.get("summary") or {}
+    metric = record.get("metric") or summary.get("metric")
+    row = {"trial_id": record["trial_id"], "status": record["status"],
+           "error": record.get("error") or "",
+           **{k: _cell(v) for k, v in flatten(record.get("config") or {}).items()},
+           "ghn_params": record.get("ghn_params", math.nan), "metric": metric,
+           "mode": record.get("mode"),
+           "zero_shot": summary.get(f"zero_shot_{metric}", math.nan),
+           "best": summary.get(f"best_{metric}", math.nan),
+           "final": summary.get(f"final_{metric}", math.nan),
+           "stopped_early": bool(record.get("stopped_early", False))}
+    # sampled names that are not trial settings themselves (``Variants``) get a column too
+    row.update({k: _cell(v) for k, v in (record.get("settings") or {}).items() if k not in row})
+    row.update({k: v for k, v in summary.items() if k.startswith("ghn_heldout_")})
+    for key in ("ghn_wall_s", "ghn_cpu_s", "finetune_wall_s", "finetune_cpu_s"):
+        row[key] = summary.get(key, math.nan)
+    row["ghn_reused"] = summary.get("ghn_reused", False)
+    row["ghn_key"] = summary.get("ghn_key") or record.get("ghn_key") or ""
+    row["wall_s"] = record.get("wall_s", math.nan)
+    return row
+
+
+def step_rows(study_dir: Path, record: dict) -> list[dict]:
+    folder = study_dir / TRIALS_DIR / record["trial_id"]
+    key = (record.get("summary") or {}).get("ghn_key") or record.get("ghn_key")
+    ghn_log = (study_dir / GHNS_DIR / key if key else folder / "ghn") / METRICS_FILE
+    rows = []
+    for phase, path in (("ghn", ghn_log), ("finetune", folder / "finetune" / METRICS_FILE)):
+        for metrics in read_metrics(path):
+            rows.append({"trial_id": record["trial_id"], "phase": phase,
+                         **{k: _cell(v) for k, v in metrics.items()}})
+    return rows
+
+
+def collect(study_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The trial and step tables of ``study_dir`` as they stand on disk."""
+    records = [r for folder in sorted((study_dir / TRIALS_DIR).glob("*"))
+               if (r := read_record(folder)) is not None]
+    records.sort(key=lambda r: (r.get("started_at") or "", r["trial_id"]))
+    trials = pd.DataFrame([trial_row(r) for r in records])
+    steps = pd.DataFrame([row for r in records for row in step_rows(study_dir, r)])
+    return trials, steps
+
+
+def write_tables(study_dir: Path) -> pd.DataFrame:
+    """Rebuild and atomically write ``trials.parquet``, ``trials.csv`` and ``steps.parquet``;
+    a study with several objectives gets a ``pareto`` column (its Pareto front)."""
+    trials, steps = collect(study_dir)
+    study = study_dir / "study.json"
+    objectives = read_json(study, "study record").get("objectives", []) if study.is_file() else []
+    if len(objectives) > 1 and not trials.empty:
+        done = trials["status"] == "COMPLETE"
+        trials["pareto"] = pareto_mask(trials.where(done), objectives)
+    atomic_file(study_dir / "trials.parquet", lambda tmp: trials.to_parquet(tmp, index=False))
+    atomic_file(study_dir / "trials.csv", lambda tmp: trials.to_csv(tmp, index=False))
+    atomic_file(study_dir / "steps.parquet", lambda tmp: steps.to_parquet(tmp, index=False))
+    return trials

@@ -1,0 +1,336 @@
+"""Studies: search spaces over trial settings, plan checks, every preset's configs, and real
+smoke studies on Ray Tune (embedded local Ray, real data)."""
+
+import importlib.util
+import itertools
+import json
+import math
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+
+from logah.errors import LogahError
+from logah.study import Choice, FloatRange, IntRange, Variants
+from logah.study.cli import main
+from logah.study.scales import base_trial
+from logah.study.space import apply_settings, parse_param
+from logah.study.spec import StudyOptions, plan_study
+
+ROOT = Path(__file__).resolve().parents[1]
+STUDY_SCRIPTS = sorted((ROOT / "studies").glob("*.py"))
+
+
+def load_study(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "studies" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.STUDY
+
+
+def run_script(name: str, *args: str, timeout: int = 900, **popen) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    env.pop("RAY_ADDRESS", None)
+    return subprocess.run([sys.executable, str(ROOT / "studies" / f"{name}.py"), *args],
+                          capture_output=True, text=True, timeout=timeout, env=env, **popen)
+
+
+# --- spaces and plans (no Ray) ----------------------------------------------------------------
+def test_settings_address_nested_fields_and_variants_expand():
+    base = base_trial("vit", "smoke").to_dict()
+    decoder = Variants(tiled={"ghn_training.ghn": "ghn3-cpu", "ghn_training.ghn.hidden": 40,
+                              "finetune.init": "ghn3"})
+    record = apply_settings(base, {"decoder": "tiled", "ghn_training.space.num_archs": 7},
+                            {"decoder": decoder})
+    assert record["ghn_training"]["ghn"]["decoder"] == "tiled"
+    assert record["ghn_training"]["ghn"]["hidden"] == 40 and record["finetune"]["init"] == "ghn3"
+    assert record["ghn_training"]["space"]["num_archs"] == 7
+    assert base["ghn_training"]["space"]["num_archs"] != 7          # the base is not modified
+    with pytest.raises(LogahError, match="ghn_training.ghn.rnak"):
+        apply_settings(base, {"ghn_training.ghn.rnak": 4}, {})
+    with pytest.raises(LogahError, match="not a group"):
+        apply_settings(base, {"finetune.lr.value": 4}, {})
+
+
+def test_command_line_parameters():
+    assert parse_param("2,4,8") == Choice(2, 4, 8)
+    assert parse_param("2:10:2").grid() == [2, 4, 6, 8, 10]
+    assert parse_param("1e-3:1e-1:log") == FloatRange(1e-3, 1e-1, log=True)
+    assert parse_param("sgd,adamw") == Choice("sgd", "adamw")
+    for bad in (IntRange(8, 2), FloatRange(1.0, 1.0), FloatRange(0.0, 1.0, log=True), Choice()):
+        with pytest.raises(LogahError):
+            bad.check("x")
+
+
+@pytest.mark.parametrize("script", [p.stem for p in STUDY_SCRIPTS])
+def test_every_preset_of_every_study_builds_valid_trials(script):
+    """The paper preset is never run here: build (and validate) each of its trial configs."""
+    study = load_study(script)
+    for preset, task in itertools.product(("smoke", "cpu", "paper"), study.tasks):
+        plan = plan_study(study, StudyOptions(preset=preset, task=task, storage="/tmp/unused"))
+        assert plan.num_samples >= 2 and plan.space
+        values = [p.grid() if plan.search == "grid" else p.corners() for p in plan.space.values()]
+        for combo in itertools.product(*values):
+            trial = plan.trial_config(dict(zip(plan.space, combo)))
+            assert trial.finetune.arch.family == ("vit" if task == "vit" else "gpt2")
+    paper = plan_study(study, StudyOptions(preset="paper", task="vit", storage="/tmp/unused"))
+    assert paper.trial_config({}).ghn_training.space["name"] == "vits-1k"
+
+
+def test_study_scripts_are_declarations():
+    for path in STUDY_SCRIPTS:
+        assert len(path.read_text().splitlines()) < 100, path
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--preset", "huge"], "invalid choice"),
+    (["--sweep", "ghn_training.ghn.rank=8:2"], "empty range"),
+    (["--sweep", "finetune.lr=0.1:0.01"], "empty range"),
+    (["--num-samples", "0"], "positive"),
+    (["--name", "a/b"], "path separator"),
+    (["--objectives", "quality,speed"], "reports quality, ghn_params"),
+    (["--set", "ghn_training.ghn.rnak=3"], "unknown trial setting"),
+    (["--set", "ghn_training.ghn.heads=5"], "does not divide"),
+    (["--sweep", "ghn_training.ghn.rank=2,3", "--set", "ghn_training.ghn.rank=2"], "fixed and swept"),
+    (["--scheduler", "asha", "--objectives", "quality,ghn_params"], "one metric"),
+    (["--resume"], "cannot resume"),
+])
+def test_bad_input_stops_before_any_trial(args, message, tmp_path, capsys):
+    storage = tmp_path / "studies"
+    assert main(load_study("rank_sweep"), ["--storage", str(storage), *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and "Traceback" not in err[0]
+    assert not storage.exists()
+
+
+def test_storage_that_cannot_be_written_is_refused(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert main(load_study("rank_sweep"), ["--storage", str(blocker / "studies")]) == 2
+    assert "not a writable folder" in capsys.readouterr().err
+
+
+# --- real studies on Ray ----------------------------------------------------------------------
+def read_study(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    return (pd.read_parquet(folder / "trials.parquet"), pd.read_parquet(folder / "steps.parquet"),
+            json.loads((folder / "study.json").read_text()))
+
+
+def optuna_trials(folder: Path, info: dict) -> list:
+    return optuna.load_study(study_name=info["optuna_study_name"],
+                             storage=info["optuna_storage"]).get_trials(deepcopy=False)
+
+
+def test_smoke_rank_sweep_tables_failures_and_shared_ghns(smoke_study):
+    """The rank sweep at its smoke preset, with a fine-tuning batch size swept in that no
+    dataset can serve: those trials fail with their error; the others complete."""
+    trials, steps, info = read_study(smoke_study)
+    assert len(trials) == 4 and set(trials["ghn_training.ghn.rank"]) == {2, 8}
+    done = trials[trials["status"] == "COMPLETE"]
+    failed = trials[trials["status"] == "FAILED"]
+    assert len(done) == 2 and len(failed) == 2
+    assert (failed["finetune.data.batch_size"] == 100_000).all()
+    assert failed["error"].str.contains("fewer than one batch").all()
+    assert done["best"].between(0, 1).all() and (done["best"] >= done["final"]).all()
+    assert (done["ghn_params"] > 0).all() and done["finetune_wall_s"].gt(0).all()
+    # one GHN per rank, trained once and shared by the trials of that rank
+    assert len(list((smoke_study / "ghns").glob("*/store.json"))) == 2
+    assert trials["ghn_reused"].sum() == 2
+    assert set(steps["phase"]) == {"ghn", "finetune"}
+    assert set(done["trial_id"]) <= set(steps["trial_id"])
+    finetuned = steps[steps["phase"] == "finetune"]
+    assert set(finetuned["trial_id"]) == set(done["trial_id"])
+    assert finetuned.groupby("trial_id")["step"].max().eq(20).all()
+    assert info["objectives"][0] == {"column": "best", "metric": "val_accuracy", "mode": "max"}
+    assert info["finished_at"] and info["swept"] == ["finetune.data.batch_size",
+                                                     "ghn_training.ghn.rank"]
+    ot = optuna_trials(smoke_study, info)
+    assert sorted(t.user_attrs["tune_trial_id"] for t in ot) == sorted(trials["trial_id"])
+    states = {t.user_attrs["tune_trial_id"]: t.state.name for t in ot}
+    assert {states[i] for i in failed["trial_id"]} == {"FAIL"}
+    assert {states[i] for i in done["trial_id"]} == {"COMPLETE"}
+
+
+def trial_records(folder: Path) -> dict[str, dict]:
+    records = {}
+    for path in (folder / "trials").glob("*/record.json"):
+        try:
+            records[path.parent.name] = json.loads(path.read_text())
+        except json.JSONDecodeError:   # being replaced right now
+            continue
+    return records
+
+
+@pytest.mark.slow
+def test_a_killed_study_resumes_without_rerunning_or_losing_trials(tmp_path):
+    storage = tmp_path / "studies"
+    args = ["--preset", "smoke", "--storage", str(storage), "--name", "r",
+            "--sweep", "finetune.seed=0,1"]                          # 4 trials, 2 GHNs
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    env.pop("RAY_ADDRESS", None)
+    driver = subprocess.Popen([sys.executable, str(ROOT / "studies" / "rank_sweep.py"), *args],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                              start_new_session=True)
+    folder = storage / "r"
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        done = {i for i, r in trial_records(folder).items() if r["status"] == "COMPLETE"}
+        if done:
+            break
+        assert driver.poll() is None, "the study ended before it could be interrupted"
+        time.sleep(1)
+    driver.kill()                                                    # SIGKILL, the driver only
+    driver.wait()
+    time.sleep(3)
+    try:                                                             # then what Ray left behind
+        os.killpg(driver.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    before = trial_records(folder)
+    finished = {i: r["finished_at"] for i, r in before.items() if r["status"] == "COMPLETE"}
+    assert 1 <= len(finished) < 4
+
+    resumed = run_script("rank_sweep", *args, "--resume")
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    trials, _, info = read_study(folder)
+    assert len(trials) == 4 and trials["trial_id"].is_unique
+    assert (trials["status"] == "COMPLETE").all()
+    after = trial_records(folder)
+    assert {i: after[i]["finished_at"] for i in finished} == finished    # not run again
+    assert len(list((folder / "ghns").glob("*/store.json"))) == 2
+    ot = optuna_trials(folder, info)
+    complete = [t for t in ot if t.state.name == "COMPLETE"]
+    assert sorted(t.user_attrs["tune_trial_id"] for t in complete) == sorted(trials["trial_id"])
+    assert len(ot) == 4
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_ray_job_submit_runs_the_smoke_rank_sweep_on_a_token_authenticated_cluster(tmp_path):
+    """What the README shows: ``ray start --head`` with token auth on loopback, ``ray job
+    submit --working-dir .`` of the smoke rank sweep with an absolute ``--storage``."""
+    bin_dir = Path(sys.executable).parent
+    token = tmp_path / "auth_token"
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token),
+           "PATH": f"{bin_dir}:{os.environ['PATH']}", "HF_HUB_OFFLINE": "1",
+           "HF_DATASETS_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    token.write_text(secrets.token_hex(32))      # the test's own token, not ~/.ray/auth_token
+    dashboard = free_port()
+    temp_dir = Path("/tmp") / f"ray-job-test-{os.getpid()}"   # Ray's socket paths must be short
+    head = subprocess.Popen(
+        [bin_dir / "ray", "start", "--head", "--block", f"--port={free_port()}",
+         "--num-cpus=2", '--resources={"train_driver": 2}', "--dashboard-host=127.0.0.1",
+         f"--dashboard-port={dashboard}", f"--temp-dir={temp_dir}", "--disable-usage-stats"],
+        env=env, stdout=open(tmp_path / "head.log", "w"), stderr=subprocess.STDOUT,
+        start_new_session=True)
+    storage = tmp_path / "studies"
+    try:
+        address = f"http://127.0.0.1:{dashboard}"
+        for _ in range(60):                         # the Jobs API answers once the head is up
+            probe = subprocess.run([bin_dir / "ray", "job", "list", "--address", address],
+                                   env=env, capture_output=True, timeout=60)
+            if probe.returncode == 0:
+                break
+            time.sleep(2)
+        job = subprocess.run(
+            [bin_dir / "ray", "job", "submit", "--address", address, "--working-dir", str(ROOT),
+             "--submission-id", "smoke-rank-sweep", "--", "python", "studies/rank_sweep.py", "--preset", "smoke", "--storage",
+             str(storage)], env=env, capture_output=True, text=True, timeout=1200)
+        assert job.returncode == 0, (job.stdout[-3000:] + job.stderr[-3000:]
+                                     + (tmp_path / "head.log").read_text()[-2000:])
+        status = subprocess.run([bin_dir / "ray", "job", "status", "--address", address,
+                                 "smoke-rank-sweep"], env=env, capture_output=True, text=True,
+                                timeout=60)
+        assert "SUCCEEDED" in status.stdout + status.stderr
+        without_token = subprocess.run(
+            [bin_dir / "ray", "job", "list", "--address", address],
+            env={**env, "RAY_AUTH_MODE": "disabled"}, capture_output=True, timeout=60)
+        assert without_token.returncode != 0                 # authentication is really on
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        head.wait(timeout=60)
+    trials, _, info = read_study(storage / "rank_sweep-vit-smoke")
+    assert len(trials) == 2 and (trials["status"] == "COMPLETE").all()
+    assert set(trials["ghn_training.ghn.rank"]) == {2, 8}
+
+
+def test_pareto_front_of_quality_against_size():
+    trials = pd.DataFrame({"status": ["COMPLETE"] * 4 + ["FAILED"],
+                           "best": [0.5, 0.6, 0.4, 0.6, math.nan],
+                           "ghn_params": [10, 20, 15, 30, 1]})
+    objectives = [{"column": "best", "mode": "max"}, {"column": "ghn_params", "mode": "min"}]
+    from logah.analysis.stats import pareto_mask
+
+    done = trials.where(trials["status"] == "COMPLETE")
+    assert pareto_mask(done, objectives).tolist() == [True, True, False, False, False]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", ["hidden_sweep", "arch_sampling_sweep", "decoder_ablation"])
+def test_smoke_preset_of_each_study_completes(script, tmp_path):
+    run = run_script(script, "--preset", "smoke", "--storage", str(tmp_path))
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    trials, _, info = read_study(tmp_path / f"{script}-vit-smoke")
+    assert len(trials) == info["num_samples"] == 2 and (trials["status"] == "COMPLETE").all()
+    for swept in info["swept"]:
+        assert swept in trials.columns
+    assert "study folder:" in run.stdout
+
+
+@pytest.mark.slow
+def test_init_comparison_trains_each_ghn_once_for_all_seeds(tmp_path):
+    run = run_script("init_comparison", "--preset", "smoke", "--storage", str(tmp_path))
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    folder = tmp_path / "init_comparison-vit-smoke"
+    trials, _, _ = read_study(folder)
+    assert len(trials) == 8 and (trials["status"] == "COMPLETE").all()
+    assert set(trials["init"]) == {"random", "orthogonal", "ghn3", "logah"}
+    stores = [json.loads(p.read_text()) for p in (folder / "ghns").glob("*/store.json")]
+    assert sorted(s["config"]["ghn"]["decoder"] for s in stores) == ["low-rank", "tiled"]
+    for init in ("logah", "ghn3"):
+        rows = trials[trials["init"] == init]
+        assert rows["ghn_reused"].tolist().count(True) == 1 and rows["ghn_key"].nunique() == 1
+    baselines = trials[trials["init"].isin(["random", "orthogonal"])]
+    assert baselines["ghn_params"].isna().all() and (baselines["ghn_key"] == "").all()
+
+
+@pytest.mark.slow
+def test_multi_objective_study_records_its_pareto_front(tmp_path):
+    run = run_script("rank_sweep", "--preset", "smoke", "--storage", str(tmp_path),
+                     "--objectives", "quality,ghn_params", "--num-samples", "3")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    trials, _, info = read_study(tmp_path / "rank_sweep-vit-smoke")
+    assert info["search"] == "nsga2" and len(info["objectives"]) == 2
+    assert len(trials) == 3 and trials["pareto"].any()
+    study = optuna.load_study(study_name=info["optuna_study_name"], storage=info["optuna_storage"])
+    assert len(study.directions) == 2
+    front = {t.user_attrs["tune_trial_id"] for t in study.best_trials}
+    assert front == set(trials.loc[trials["pareto"], "trial_id"])
+
+
+@pytest.mark.slow
+def test_asha_prunes_on_the_fine_tuning_metric(tmp_path):
+    run = run_script("rank_sweep", "--preset", "smoke", "--storage", str(tmp_path),
+                     "--scheduler", "asha", "--sweep", "finetune.lr=0.001,0.05")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    trials, steps, info = read_study(tmp_path / "rank_sweep-vit-smoke")
+    assert info["scheduler"] == "asha" and len(trials) == 4
+    assert (trials["status"] == "COMPLETE").all() and trials["best"].notna().all()
+    last = steps[steps["phase"] == "finetune"].groupby("trial_id")["step"].max()
+    for _, trial in trials.iterrows():      # a stopped trial ended before the full budget
+        assert (last[trial["trial_id"]] < 20) == trial["stopped_early"]
