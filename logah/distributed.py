@@ -13,11 +13,11 @@ before ``fit()`` what it can: the config, the folder, the storage, and that the 
 resources for ``workers`` (a request it cannot meet would otherwise wait forever).
 
 Checkpoints: rank 0 reports one through ``ray.train.report`` into Ray Train's storage
-(``storage``: a path or URI every node can reach; default ``OUT/ray``, single node only), and a
+(``storage``: a URI, or a path every node sees, e.g. on NFS; default ``OUT/ray``), and a
 Train callback on the controller, which runs on the driver's node, exports each one to ``out``
 as it arrives, exactly as a run without Ray leaves it. A worker group that fails is restarted
-from the last checkpoint (``max_failures``); a run started again with the same storage and run
-name resumes from it.
+from the last checkpoint (``max_failures``); a run started again with ``resume`` (same storage
+and run name) continues from it.
 
 Failures: a ``LogahError`` on a worker (bad data, a checkpoint that does not fit) is a user
 mistake that a restart cannot fix, so a callback stops the run at once instead of retrying it;
@@ -30,13 +30,14 @@ from __future__ import annotations
 import json
 import os
 import threading
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 from logah import finetune, training
 from logah.errors import LogahError
-from logah.io import write_json
+from logah.io import output_errors, write_json
 from logah.runs import RAY_STORAGE_DIR, run_folder
 
 RUN_NAME = "ray-train"
@@ -109,18 +110,41 @@ def resolve_storage(storage: str | Path | None, out: Path) -> str:
     return str((out / RAY_STORAGE_DIR) if storage is None else Path(storage).expanduser().absolute())
 
 
-def alive_nodes() -> int:
+def check_storage_shared(storage: str) -> None:
+    """Refuse a local storage path that some node of the cluster cannot see (Ray Train's
+    checkpoints would be scattered over the nodes' disks). A path on a file system that every
+    node mounts (NFS) is fine: a marker written here must be visible from a task on each node."""
     import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    return sum(1 for node in ray.nodes() if node.get("Alive"))
+    nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive")]
+    if is_uri(storage) or len(nodes) < 2:
+        return
+    folder = Path(storage)
+    with output_errors(folder):
+        folder.mkdir(parents=True, exist_ok=True)
+        marker = folder / f".logah-shared-{uuid.uuid4().hex}"
+        marker.touch()
+    try:
+        sees = ray.remote(num_cpus=0)(os.path.exists)
+        probes = [sees.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
+                  .remote(str(marker)) for node in nodes]
+        visible = dict(zip(nodes, ray.get(probes, timeout=120)))
+    except ray.exceptions.GetTimeoutError:
+        raise LogahError(f"cannot check that every node sees the storage {storage}: a node did "
+                         f"not answer within 120 s") from None
+    finally:
+        marker.unlink(missing_ok=True)
+    refuse_unshared(storage, visible)
 
 
-def check_storage_shared(storage: str, nodes: int) -> None:
-    """A local path cannot be shared by the ``nodes`` of a multi-node cluster: refuse it there."""
-    if not is_uri(storage) and nodes > 1:
-        raise LogahError(f"the Ray cluster has {nodes} nodes, but the storage {storage} is a "
-                         f"local path that the other nodes cannot reach: give --storage a URI "
-                         f"every node reaches (s3://..., gs://...)")
+def refuse_unshared(storage: str, visible: dict[str, bool]) -> None:
+    """The decision of ``check_storage_shared``: ``visible`` maps node id -> sees ``storage``."""
+    blind = [node for node, sees in visible.items() if not sees]
+    if blind:
+        raise LogahError(f"the Ray Train storage {storage} is a local path that {len(blind)} of "
+                         f"the cluster's {len(visible)} nodes cannot see: give --storage a URI "
+                         f"(s3://..., gs://...) or a path every node mounts (NFS)")
 
 
 def _storage_holds_run(storage: str, run_name: str) -> bool:
@@ -266,7 +290,7 @@ def run_on_ray(job: str, config, out: str | Path, *, workers: int, use_gpu: bool
                     resumable=resumable) as folder:
         init_ray(os.environ.get("RAY_ADDRESS"))
         check_resources(workers, cpus_per_worker, use_gpu)
-        check_storage_shared(storage_path, alive_nodes())
+        check_storage_shared(storage_path)
         write_json(out / spec.config_file, config.to_dict())
         stop_on_user_error, export_checkpoints = _train_callbacks()
         resume_from = folder.checkpoint if folder.resume and folder.checkpoint.is_dir() else None

@@ -16,7 +16,7 @@ import pytest
 
 from logah.checkpoint import load_ghn
 from logah.distributed import (RUN_NAME, check_resources, check_storage_shared, finetune_ray,
-                               train_ghn_ray)
+                               refuse_unshared, train_ghn_ray)
 from logah.errors import LogahError
 from test_training import DIGITS, tiny_config
 
@@ -86,11 +86,13 @@ def test_more_workers_than_the_cluster_has_fail_at_once(ray_local, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_local_storage_is_refused_on_a_multi_node_cluster():
-    check_storage_shared("/shared/nfs", nodes=1)
-    check_storage_shared("s3://bucket/runs", nodes=8)
-    with pytest.raises(LogahError, match="3 nodes, but the storage /data/runs is a local path"):
-        check_storage_shared("/data/runs", nodes=3)
+def test_storage_some_node_cannot_see_is_refused(ray_local, tmp_path):
+    check_storage_shared(str(tmp_path / "storage"))          # one node: nothing to check
+    # (two nodes that share this file system: test_storage_nodes.py)
+    refuse_unshared("/mnt/nfs/runs", {"head": True, "worker-1": True})
+    with pytest.raises(LogahError, match="/data/runs is a local path that 1 of the cluster's 3 "
+                                         "nodes cannot see"):
+        refuse_unshared("/data/runs", {"head": True, "worker-1": False, "worker-2": True})
     with pytest.raises(LogahError, match="positive integer"):
         check_resources(0, available={"CPU": 2})
 
