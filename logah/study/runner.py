@@ -77,12 +77,15 @@ class GHNTuneReport(TuneReportCallback):
 
 
 def _ray_train_ghn(plan: StudyPlan):
-    """The GHN-training function of a trial whose GHN trains on Ray Train workers."""
+    """The GHN-training function of a trial whose GHN trains on Ray Train workers. Ray Train's
+    storage is the GHN's folder in the study, given as a ``file://`` URI: the study folder is on
+    a filesystem every node mounts, which is what a multi-node Ray Train run needs."""
     from logah.distributed import train_ghn_ray
 
     def train(config, folder: Path, resume: bool) -> list:
         train_ghn_ray(config, folder, workers=plan.options.train_workers,
-                      use_gpu=plan.options.gpu, callbacks=[GHNTuneReport()])
+                      use_gpu=plan.options.gpu, resume=resume,
+                      storage=(folder / "ray").absolute().as_uri(), callbacks=[GHNTuneReport()])
         return read_metrics(folder / "metrics.jsonl")
 
     return train
