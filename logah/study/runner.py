@@ -149,7 +149,9 @@ class TableCallback(tune.Callback):
             history = read_metrics(folder / "finetune" / "metrics.jsonl")
             if any(self.plan.metric in m for m in history):
                 record.update(summary=summarize(history, self.plan.metric, self.plan.mode))
-            record.update(status="COMPLETE", stopped_early=True, finished_at=now())
+            budget = self.plan.trial_config(record["settings"]).finetune.steps
+            last = history[-1]["step"] if history else 0
+            record.update(status="COMPLETE", stopped_early=last < budget, finished_at=now())
             write_record(folder, record)
         write_tables(self.plan.study_dir)
 
@@ -224,8 +226,11 @@ def _scheduler(plan: StudyPlan):
     from ray.tune.schedulers import ASHAScheduler
 
     finetune = plan.trial_config({}).finetune
-    return ASHAScheduler(time_attr="step", metric="best", mode=plan.mode, max_t=finetune.steps,
-                         grace_period=finetune.eval_every, reduction_factor=2)
+    # max_t past the last step: a trial that reaches its budget ends by itself (and writes its
+    # record) instead of being stopped by the scheduler at its last report
+    return ASHAScheduler(time_attr="step", metric="best", mode=plan.mode,
+                         max_t=finetune.steps + 1, grace_period=finetune.eval_every,
+                         reduction_factor=2)
 
 
 def connect_ray() -> None:
