@@ -141,7 +141,8 @@ def _storage_holds_run(storage: str, run_name: str) -> bool:
 def unwrap_failure(error: BaseException) -> BaseException:
     """The exception behind a Ray Train failure: a worker's own exception (a ``LogahError``
     first, then the lowest rank's), or the controller's. ``error`` itself when the failure is
-    Ray's (a killed worker, a lost node), whose message says what happened."""
+    Ray's (a killed worker, a lost node), whose message says what happened. A worker's bug keeps
+    the worker's traceback as a note (Ray does not pickle tracebacks)."""
     from ray.exceptions import RayError
     from ray.train import ControllerError, WorkerGroupError
 
@@ -151,8 +152,11 @@ def unwrap_failure(error: BaseException) -> BaseException:
         failures = [error.worker_failures[rank] for rank in sorted(error.worker_failures)]
         user = [e for e in failures if not isinstance(e, RayError)]
         mistakes = [e for e in user if isinstance(e, LogahError)]
-        if mistakes or user:
-            return (mistakes or user)[0]
+        if mistakes:
+            return mistakes[0]
+        if user:
+            user[0].add_note(str(error))
+            return user[0]
     return error
 
 

@@ -95,6 +95,23 @@ def test_local_storage_is_refused_on_a_multi_node_cluster():
         check_resources(0, available={"CPU": 2})
 
 
+def test_ray_train_failures_are_unwrapped_to_the_workers_exception():
+    from ray.exceptions import RayActorError
+    from ray.train import ControllerError, WorkerGroupError
+
+    from logah.distributed import unwrap_failure
+
+    mistake = LogahError("dataset digits: 1437 training items, fewer than one batch")
+    assert unwrap_failure(ControllerError(mistake)) is mistake
+    bug = RuntimeError("boom")
+    group = WorkerGroupError("[Rank 1 Error Snippet]: Traceback ... boom",
+                             {0: RayActorError(), 1: bug})
+    assert unwrap_failure(group) is bug and "Rank 1 Error Snippet" in bug.__notes__[0]
+    assert unwrap_failure(WorkerGroupError("lost", {0: mistake, 1: RuntimeError()})) is mistake
+    killed = WorkerGroupError("a worker died", {0: RayActorError()})
+    assert unwrap_failure(killed) is killed
+
+
 def _ray_train_worker_pids() -> list[int]:
     """Ray names its worker processes after the actor class (``ray::RayTrainWorker...``)."""
     pids = []

@@ -74,7 +74,12 @@ def _run_dying(out: Path, die_in: str, at_checkpoint: int, steps: int = 6) -> su
 
 
 def _assert_clean(out: Path) -> None:
+    """No temporary entry left, and every output with the permissions of every other one."""
+    from logah.io import DIR_MODE, FILE_MODE
+
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+    for path in out.rglob("*"):
+        assert path.stat().st_mode & 0o777 == (DIR_MODE if path.is_dir() else FILE_MODE), path
 
 
 @pytest.mark.parametrize("die_in", ["write", "export"])
