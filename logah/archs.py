@@ -441,9 +441,10 @@ def sample_held_out(space: str | Space, exclude: Iterable[Arch], n: int, seed: i
     Records are compared, not seeds: the training list of every preset space covers most of its
     configurations (all of them for vits-1k, gpts-1k and gpts-cpu), so a second draw with another
     seed repeats training architectures. Candidates come from ``HELD_OUT_POOL · num_archs``
-    draws, enough to meet any configuration that is likely to be missing from a list of
-    ``num_archs`` draws; the result is shorter than ``n``, possibly empty, when the space has
-    fewer unseen configurations than that.
+    draws (N = ``num_archs``): a configuration of probability p is missing from N draws with
+    probability (1 - p)^N, so the missing ones are mostly those with p ≲ 1/N, and 10·N draws meet
+    one with p = 1/N with probability 1 - e^-10. The result is shorter than ``n``, possibly
+    empty, when fewer unseen configurations turn up.
     """
     space = get_space(space)
     if not isinstance(n, int) or n < 0:

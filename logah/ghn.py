@@ -15,10 +15,11 @@ Backbone (Graphormer, pre-LN, MLP ratio 4, GELU, no qkv bias). The first layer a
 out-degree embeddings (real edges, clipped at 100) and an embedding of the distance from the
 input node (with no virtual-edge cutoff, see ``logah.graph``; clipped at 1000); an additive
 attention bias per head is computed once from the forward and backward virtual-edge distances
-(each embedded, concatenated, MLP 2d → d → heads) and reused by every layer. Graphs of different sizes are padded and masked *per graph*: each
-graph's attention sees only its own nodes, and the decoder works row by row, so a network's
-prediction does not depend on the other networks in the meta-batch (the anchor code indexes
-dense embeddings with sparse offsets and gets this wrong).
+(each embedded, concatenated, MLP 2d → d → heads) and reused by every layer. Graphs of
+different sizes are padded and masked *per graph*: each graph's attention sees only its own
+nodes, and the decoder works row by row, so a network's prediction does not depend on the other
+networks in the meta-batch (the anchor code indexes dense embeddings with sparse offsets and
+gets this wrong).
 """
 
 from __future__ import annotations
@@ -268,11 +269,11 @@ class GHN(nn.Module):
 def _output_nodes(graph: Graph) -> set[int]:
     """The classifier / LM-head node and the bias node it feeds, if any (GHN-3 treats both
     specially). For a tied GPT-2 that is the token embedding, which feeds no bias."""
-    out = {graph.output_node}
-    nxt = graph.output_node + 1
-    if nxt < graph.num_nodes and graph.ops[nxt] == "bias" and graph.distances[graph.output_node, nxt] == 1:
-        out.add(nxt)
-    return out
+    head = graph.output_node
+    bias = head + 1
+    if bias < graph.num_nodes and graph.ops[bias] == "bias" and graph.distances[head, bias] == 1:
+        return {head, bias}
+    return {head}
 
 
 def build_ghn(config: GHNConfig, seed: int = 0) -> GHN:

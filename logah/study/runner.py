@@ -77,12 +77,15 @@ class GHNTuneReport(TuneReportCallback):
 
 
 def _ray_train_ghn(plan: StudyPlan):
-    """The GHN-training function of a trial whose GHN trains on Ray Train workers."""
+    """The GHN-training function of a trial whose GHN trains on Ray Train workers. Ray Train's
+    storage is the GHN's folder in the study, given as a ``file://`` URI: the study folder is on
+    a filesystem every node mounts, which is what a multi-node Ray Train run needs."""
     from logah.distributed import train_ghn_ray
 
     def train(config, folder: Path, resume: bool) -> list:
         train_ghn_ray(config, folder, workers=plan.options.train_workers,
-                      use_gpu=plan.options.gpu, callbacks=[GHNTuneReport()])
+                      use_gpu=plan.options.gpu, resume=resume,
+                      storage=(folder / "ray").absolute().as_uri(), callbacks=[GHNTuneReport()])
         return read_metrics(folder / "metrics.jsonl")
 
     return train
@@ -146,7 +149,9 @@ class TableCallback(tune.Callback):
             history = read_metrics(folder / "finetune" / "metrics.jsonl")
             if any(self.plan.metric in m for m in history):
                 record.update(summary=summarize(history, self.plan.metric, self.plan.mode))
-            record.update(status="COMPLETE", stopped_early=True, finished_at=now())
+            budget = self.plan.trial_config(record["settings"]).finetune.steps
+            last = history[-1]["step"] if history else 0
+            record.update(status="COMPLETE", stopped_early=last < budget, finished_at=now())
             write_record(folder, record)
         write_tables(self.plan.study_dir)
 
@@ -221,8 +226,11 @@ def _scheduler(plan: StudyPlan):
     from ray.tune.schedulers import ASHAScheduler
 
     finetune = plan.trial_config({}).finetune
-    return ASHAScheduler(time_attr="step", metric="best", mode=plan.mode, max_t=finetune.steps,
-                         grace_period=finetune.eval_every, reduction_factor=2)
+    # max_t past the last step: a trial that reaches its budget ends by itself (and writes its
+    # record) instead of being stopped by the scheduler at its last report
+    return ASHAScheduler(time_attr="step", metric="best", mode=plan.mode,
+                         max_t=finetune.steps + 1, grace_period=finetune.eval_every,
+                         reduction_factor=2)
 
 
 def connect_ray() -> None:
