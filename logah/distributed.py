@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import urllib.parse
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,6 +103,14 @@ def is_uri(storage: str) -> bool:
     return "://" in storage
 
 
+def local_path(storage: str) -> Path | None:
+    """The local folder behind a storage path or ``file://`` URI; None for remote storage."""
+    if not is_uri(storage):
+        return Path(storage)
+    parsed = urllib.parse.urlparse(storage)
+    return Path(urllib.parse.unquote(parsed.path)) if parsed.scheme == "file" else None
+
+
 def resolve_storage(storage: str | Path | None, out: Path) -> str:
     """Ray Train's storage: a URI as given, a local path made absolute (``ray job submit`` runs
     in a copy of the working dir), ``out/ray`` by default."""
@@ -113,7 +122,8 @@ def resolve_storage(storage: str | Path | None, out: Path) -> str:
 def check_storage_shared(storage: str) -> None:
     """Refuse a local storage path that some node of the cluster cannot see (Ray Train's
     checkpoints would be scattered over the nodes' disks). A path on a file system that every
-    node mounts (NFS) is fine: a marker written here must be visible from a task on each node."""
+    node mounts (NFS) is fine: a marker written here must be visible from a task on each node.
+    A URI (``file://`` included) is taken at its word as storage every node reaches."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -279,7 +289,8 @@ def run_on_ray(job: str, config, out: str | Path, *, workers: int, use_gpu: bool
     out = Path(out).absolute()
     storage_path = resolve_storage(storage, out)
     run_name = run_name or RUN_NAME
-    in_out = not is_uri(storage_path) and Path(storage_path).is_relative_to(out)
+    local = local_path(storage_path)
+    in_out = local is not None and local.is_relative_to(out)   # the run folder's own storage
     ray_holds_run = not in_out and _storage_holds_run(storage_path, run_name)
     if ray_holds_run and not resume:
         raise LogahError(f"Ray Train storage {storage_path} already holds run {run_name!r} "

@@ -16,7 +16,7 @@ import pytest
 
 from logah.checkpoint import load_ghn
 from logah.distributed import (RUN_NAME, check_resources, check_storage_shared, finetune_ray,
-                               refuse_unshared, train_ghn_ray)
+                               local_path, refuse_unshared, train_ghn_ray)
 from logah.errors import LogahError
 from test_training import DIGITS, tiny_config
 
@@ -90,6 +90,8 @@ def test_storage_some_node_cannot_see_is_refused(ray_local, tmp_path):
     check_storage_shared(str(tmp_path / "storage"))          # one node: nothing to check
     # (two nodes that share this file system: test_storage_nodes.py)
     refuse_unshared("/mnt/nfs/runs", {"head": True, "worker-1": True})
+    assert local_path("file:///mnt/nfs/a%20b") == Path("/mnt/nfs/a b")
+    assert local_path("/data/runs") == Path("/data/runs") and local_path("s3://b/runs") is None
     with pytest.raises(LogahError, match="/data/runs is a local path that 1 of the cluster's 3 "
                                          "nodes cannot see"):
         refuse_unshared("/data/runs", {"head": True, "worker-1": False, "worker-2": True})
