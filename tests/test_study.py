@@ -208,7 +208,9 @@ def test_a_killed_study_resumes_without_rerunning_or_losing_trials(tmp_path):
     ot = optuna_trials(folder, info)
     complete = [t for t in ot if t.state.name == "COMPLETE"]
     assert sorted(t.user_attrs["tune_trial_id"] for t in complete) == sorted(trials["trial_id"])
-    assert len(ot) == 4
+    # trials the killed driver had asked Optuna for (at most one per concurrent slot, 2 here)
+    # but never started are closed as FAIL
+    assert all(t.state.name == "FAIL" for t in ot if t not in complete) and len(ot) <= 4 + 2
 
 
 def free_port() -> int:

@@ -361,11 +361,21 @@ def _run_locked(plan: StudyPlan, resources: dict, limit: int, started: float) ->
             search_alg=searcher, scheduler=_scheduler(plan), num_samples=plan.num_samples,
             max_concurrent_trials=limit, trial_dirname_creator=_trial_dirname))
     tuner.fit()
+    _fail_orphaned_optuna_trials(plan)
     table = write_tables(plan.study_dir)
     elapsed = time.perf_counter() - started + (previous.get("wall_s") or 0.0)
     record = read_json(plan.study_dir / STUDY_FILE, "study record")
     write_json(plan.study_dir / STUDY_FILE, {**record, "finished_at": now(), "wall_s": elapsed})
     return table
+
+
+def _fail_orphaned_optuna_trials(plan: StudyPlan) -> None:
+    """After ``fit`` no trial runs, yet a driver killed mid-study can leave an Optuna trial it
+    had asked for but never started (suggested after Tune's last snapshot of the searcher);
+    such a trial is closed as FAIL, so the Optuna study's COMPLETE trials are the table's."""
+    study = optuna.load_study(study_name=plan.name, storage=plan.optuna_storage)
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
 
 
 def _trial_dirname(trial) -> str:
