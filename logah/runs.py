@@ -32,7 +32,7 @@ CHECKPOINT_DIR = "checkpoint"     # the latest checkpoint; its presence marks a 
 METRICS_FILE = "metrics.jsonl"
 RAY_STORAGE_DIR = "ray"           # Ray Train's storage when none is given (logah.distributed)
 SCRATCH_PREFIX = ".ckpt-"         # checkpoints being written (logah.training.LocalReporter)
-# what logah.io's atomic writes leave behind when killed: ``.NAME.tmp-XXXX`` and ``.NAME.old-PID``
+# what logah.io's atomic writes leave behind when killed: ``.NAME.tmp-<random>`` and ``.NAME.old-PID``
 _TEMPORARY = re.compile(r"^\..+\.(tmp|old)-[^/]*$|^" + re.escape(SCRATCH_PREFIX))
 
 
