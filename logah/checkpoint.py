@@ -1,7 +1,8 @@
-"""GHN checkpoints: a folder with ``ghn.safetensors`` (weights) and ``ghn.json`` (config).
+"""GHN checkpoints: a folder with ``ghn.safetensors`` (weights) and ``ghn.json`` (config), and
+for a GHN trained on text, ``tokenizer/`` (the vocabulary its embeddings and LM head belong to).
 
 The JSON holds the full ``GHNConfig`` plus free-form metadata (what it was trained on, for how
-long), so a checkpoint is self-describing: ``load_ghn(folder)`` rebuilds the exact network with
+long: ``logah.transfer`` reads it), so a checkpoint is self-describing: ``load_ghn(folder)`` rebuilds the exact network with
 no other input. Weights are read with safetensors, never unpickled. A truncated file, a config
 that does not match the weights, or a folder that is not a checkpoint gives a ``LogahError``
 that says which.
@@ -23,13 +24,20 @@ from logah.presets import GHN_PRESETS, get_preset
 
 WEIGHTS_FILE = "ghn.safetensors"
 CONFIG_FILE = "ghn.json"
+TOKENIZER_DIR = "tokenizer"
 FORMAT = "logah-ghn/1"
 
 
-def write_ghn_files(ghn: GHN, folder: Path, metadata: dict | None = None) -> None:
-    """Write the two checkpoint files into an existing folder (used inside atomic writes)."""
+def write_ghn_files(ghn: GHN, folder: Path, metadata: dict | None = None,
+                    tokenizer=None) -> None:
+    """Write the checkpoint files into an existing folder (used inside atomic writes); the
+    config last, as its presence marks a complete checkpoint."""
+    from logah.data.tokenization import save_tokenizer
     from logah.predict import check_finite
 
+    if tokenizer is not None:
+        (folder / TOKENIZER_DIR).mkdir(exist_ok=True)
+        save_tokenizer(tokenizer, folder / TOKENIZER_DIR)
     state = {k: v.detach().contiguous().cpu() for k, v in ghn.state_dict().items()}
     check_finite(state, f"saving GHN {folder}")
     save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})

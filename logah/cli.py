@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from logah.errors import LogahError
@@ -47,12 +48,15 @@ def _cmd_ghn_info(args: argparse.Namespace) -> None:
 
 
 def _cmd_predict(args: argparse.Namespace) -> None:
-    from logah.checkpoint import resolve_ghn
+    from logah.checkpoint import is_checkpoint, resolve_ghn
+    from logah.transfer import check_target
     from logah.graph import graph_of
     from logah.predict import predict_params, save_prediction
     from logah.targets import count_params, resolve_target
 
     arch = resolve_target(args.target)
+    if is_checkpoint(args.ghn):
+        check_target(arch, args.ghn)     # family refused, novelties warned about
     ghn = resolve_ghn(args.ghn, args.device)
     timer = _Timer(ghn)
     graph = timer("traced", lambda: graph_of(arch, ghn.config.edge_cutoff))   # imports included
@@ -170,7 +174,8 @@ def _finetune_config(args: argparse.Namespace):
                       block_size=args.block_size, tokenizer=args.tokenizer,
                       eval_batches=args.eval_batches)
     config = FinetuneConfig(target=arch_to_dict(arch), init=args.init, ghn=args.ghn, data=data,
-                            seed=args.seed, **settings)
+                            seed=args.seed, keep_classifier=args.keep_classifier,
+                            final_test=not args.no_final_test, **settings)
     config.validate()
     return config
 
@@ -208,7 +213,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
                       block_size=args.block_size, tokenizer=args.tokenizer,
                       eval_split=args.split, eval_batches=args.eval_batches)
     metrics = evaluate_init(arch, args.init, data, ghn=args.ghn, seed=args.seed,
-                            device="cuda" if args.gpu else "cpu")
+                            device="cuda" if args.gpu else "cpu",
+                            keep_classifier=args.keep_classifier)
     print(json.dumps({"target": args.target, "init": args.init, "ghn": args.ghn,
                       "dataset": data.dataset, **metrics}))
 
@@ -289,11 +295,17 @@ def _add_target_options(p: argparse.ArgumentParser, default_init: str) -> None:
                    help="random | orthogonal | ghn3 | logah (both need --ghn) | a logah predict folder")
     p.add_argument("--ghn", help="GHN checkpoint folder (for --init ghn3 / logah)")
     p.add_argument("--data", help="dataset (default: fashion-mnist for ViTs, shakespeare for GPT-2s)")
+    p.add_argument("--keep-classifier", action="store_true",
+                   help="a GHN trained on another image dataset: keep its predicted classifier "
+                        "(default: re-initialised, as in the paper; same width only)")
 
 
 def _add_text_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--block-size", type=int, default=128, help="tokens per block (text)")
-    p.add_argument("--tokenizer", default="bpe", help="text: bpe (trained, cached) or gpt2")
+    p.add_argument("--tokenizer", default="auto",
+                   help="text: auto (a text GHN's own tokenizer when starting from one, else bpe), "
+                        "bpe (trained on the corpus, cached), bpe:CORPUS (trained on another "
+                        "corpus), gpt2, or a folder with vocab.json + merges.txt")
 
 
 def _targets_help() -> str:
@@ -377,6 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grad-clip", type=float, help="max gradient norm (0: off)")
     p.add_argument("--eval-every", type=int, help="steps between validation reports")
     p.add_argument("--eval-batches", type=int, default=10, help="validation batches (0: whole split)")
+    p.add_argument("--no-final-test", action="store_true",
+                   help="skip the final evaluation on the whole test split")
     p.add_argument("--batch-size", type=int, help="default 64 images or 16 token blocks")
     _add_text_options(p)
     p.add_argument("--seed", type=int, default=0)
@@ -386,7 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="metrics of a target as an init leaves it, no fine-tuning "
                        "(a GHN's zero-shot accuracy or perplexity)")
     _add_target_options(p, default_init="logah")
-    p.add_argument("--split", default="val", help="val, or test (image datasets)")
+    p.add_argument("--split", default="val", help="val or test")
     p.add_argument("--eval-batches", type=int, default=0, help="batches to evaluate (0: whole split)")
     p.add_argument("--batch-size", type=int, help="default 256 images or 16 token blocks")
     _add_text_options(p)
@@ -407,8 +421,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warnings(prefix: str) -> None:
+    """Warnings (a target new to its GHN, embeddings re-initialised) as one line a user reads,
+    not Python's two lines of source location."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"{prefix}: warning: {message}", file=file or sys.stderr)
+
+    warnings.showwarning = show
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _one_line_warnings(f"logah {args.command}")
     try:
         args.func(args)
     except LogahError as err:

@@ -5,11 +5,17 @@
 
 The target starts from ``logah.inits`` (``random``, ``orthogonal``, ``ghn3``, ``logah`` or a
 predicted-parameters folder) and is trained on a task of ``logah.tasks``; its classifier is
-sized for the data (transfer from a GHN trained on other data re-initialises it). Metrics:
+sized for the data, and what a GHN trained on other data keeps of its prediction is decided in
+``logah.transfer`` (a text corpus is read with the GHN's own tokenizer unless ``data.tokenizer``
+names another). Metrics:
 
 * step 0, before any update: the zero-shot metric of the initialisation (``zero_shot: true``);
 * every ``eval_every`` steps and at the end: mean train loss since the last report, validation
-  metric (``val_accuracy`` or ``val_perplexity``) and loss, learning rate, elapsed time.
+  metric (``val_accuracy`` or ``val_perplexity``) and loss on ``data.eval_batches`` batches of
+  ``data.eval_split``, learning rate, elapsed time. These choose: the best step, a learning rate;
+* after the last step (``final_test``): the final model on the *whole* test split
+  (``test_accuracy`` / ``test_perplexity``, ``final_test: true``), the figure to report: no
+  choice was made on it and it is the same split for every init.
 
 The run is the same object on one process and on Ray Train workers (``logah.distributed``): under
 an initialised process group the model is wrapped in DDP and each rank reads its own shard. As
@@ -20,6 +26,7 @@ The fine-tuned weights are saved in the ``logah predict`` layout, under ``OUT/mo
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -40,6 +47,7 @@ from logah.progress import progress_bar
 from logah.targets import Arch, GPT2Arch, arch_from_dict, count_params, forward
 from logah.tasks import DataConfig, make_task
 from logah.training import Reporter, lr_factor, read_run_state, step_seed, write_run_state
+from logah.transfer import resolve_data
 
 STATE_FILE = "finetune_state.pt"
 CONFIG_FILE = "finetune_config.json"
@@ -68,6 +76,8 @@ class FinetuneConfig(ConfigRecord):
     amp: bool = True                   # bf16 autocast on GPU (no effect on CPU)
     eval_every: int = 100
     seed: int = 0
+    keep_classifier: bool = False      # a GHN trained on another dataset: keep its classifier
+    final_test: bool = True            # evaluate the final model on the whole test split
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "target", json.loads(json.dumps(self.target)))
@@ -116,13 +126,15 @@ class Finetuner:
         config.validate()
         self.config, self.rank, self.world_size = config, rank, world_size
         self.device = resolve_device(device)
-        self.task = make_task(config.arch, config.data, seed=config.seed, rank=rank,
+        self.data = resolve_data(config.data, config.ghn)
+        self.task = make_task(config.arch, self.data, seed=config.seed, rank=rank,
                               world_size=world_size)
         self.arch = self.task.fit(config.arch)
         check_memory(count_params(self.arch), self.device, _training_copies(config.optimizer),
                      f"fine-tuning {self.arch.family} target")
         self.net = initial_model(self.arch, config.init, ghn=config.ghn, seed=config.seed,
-                                 device=self.device)
+                                 device=self.device, task=self.task,
+                                 keep_classifier=config.keep_classifier)
         params = list(self.net.parameters())
         if config.optimizer == "sgd":
             self.optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
@@ -219,7 +231,20 @@ class Finetuner:
             self._log(report, metrics, checkpoint=True)
             losses, start = [], time.perf_counter()
         bar.close()
+        if config.final_test and not any(m.get("final_test") for m in self.history):
+            self._log(report, {"step": self.step, "final_test": True, **self.evaluate_test()},
+                      checkpoint=False)
         return self.history
+
+    @torch.no_grad()
+    def evaluate_test(self) -> dict[str, float]:
+        """The model on the whole test split (the figure a results table reports)."""
+        data = dataclasses.replace(self.data, eval_split="test", eval_batches=0)
+        task = make_task(self.arch, data, seed=self.config.seed)
+        self.net.eval()
+        with self._autocast():
+            scores = task.evaluate(lambda x: forward(self.net, self.arch, x), self.device)
+        return {f"test_{k}": v for k, v in scores.items()}
 
     def _log(self, report: Reporter, metrics: dict, checkpoint: bool) -> None:
         self.history.append(metrics)
@@ -234,16 +259,18 @@ def _training_copies(optimizer: str) -> int:
 
 @torch.no_grad()
 def evaluate_init(target: Arch, init: str, data: DataConfig, *, ghn: str | Path | None = None,
-                  seed: int = 0, device: str | torch.device = "cpu") -> dict[str, float]:
+                  seed: int = 0, device: str | torch.device = "cpu",
+                  keep_classifier: bool = False) -> dict[str, float]:
     """Metrics of ``target`` as ``init`` leaves it, with no fine-tuning, on ``data.eval_split``:
     the zero-shot figure of a GHN (what step 0 of a fine-tuning run reports, on any split and
     any number of batches). Keys are prefixed with the split: ``test_accuracy``, ``val_perplexity``."""
     data.validate()
     device = resolve_device(device)
-    task = make_task(target, data, seed=seed)
+    task = make_task(target, resolve_data(data, ghn), seed=seed)
     arch = task.fit(target)
     check_memory(count_params(arch), device, 2, f"evaluating {arch.family} target")
-    net = initial_model(arch, init, ghn=ghn, seed=seed, device=device).eval()
+    net = initial_model(arch, init, ghn=ghn, seed=seed, device=device, task=task,
+                        keep_classifier=keep_classifier).eval()
     scores = task.evaluate(lambda x: forward(net, arch, x), device)
     return {f"{data.eval_split}_{name}": value for name, value in scores.items()}
 
@@ -260,9 +287,12 @@ def summarize(history: list[dict], metric: str, mode: str) -> dict:
     # a non-finite value (stored as null, logah.io.dumps) is no candidate for "best"
     finite = [v for v in values if v is not None and math.isfinite(v)]
     zero = [m[metric] for m in history if m.get("zero_shot")]
+    test = next((m for m in history if m.get("final_test")), {})
+    trained = [m for m in history if not m.get("final_test")]
     return {"metric": metric, f"zero_shot_{metric}": zero[0] if zero else None,
             f"best_{metric}": pick(finite) if finite else None, f"final_{metric}": values[-1],
-            "steps": history[-1]["step"], "time_s": history[-1].get("time_s", 0.0)}
+            **{k: v for k, v in test.items() if k.startswith("test_")},
+            "steps": trained[-1]["step"], "time_s": trained[-1].get("time_s", 0.0)}
 
 
 def export_finetuned(checkpoint: Path, out: Path) -> None:

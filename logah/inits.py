@@ -9,9 +9,9 @@
   low-rank (the name is checked against the checkpoint, so a table row cannot be mislabelled);
 * the path of a folder written by ``logah predict`` (its architecture must be the target's).
 
-Transfer (DESIGN.md §3.5): a GHN trained on dataset A initialises a target for dataset B. The
-GHN checkpoint records how many outputs its training data had; when the target's classifier has
-another width, the classifier is re-initialised with the library default rather than predicted.
+Transfer (DESIGN.md §3.5): a GHN trained on dataset A initialises a target for dataset B. What
+of the prediction is kept then (classifier, embeddings of another tokenizer) and what is refused
+or warned about is decided in ``logah.transfer``.
 """
 
 from __future__ import annotations
@@ -22,22 +22,11 @@ import torch
 from torch import nn
 
 from logah.errors import LogahError
-from logah.targets import Arch, GPT2Arch, arch_to_dict, build_model
+from logah.targets import Arch, arch_to_dict, build_model
 
 BASELINE_INITS = ("random", "orthogonal")
 GHN_INITS = {"ghn3": "tiled", "logah": "low-rank"}   # init name -> decoder of its checkpoint
 INIT_KINDS = BASELINE_INITS + tuple(GHN_INITS)
-
-
-def classifier_names(arch: Arch) -> tuple[str, ...]:
-    """Parameters whose shape depends on the number of classes (or tokens) of the data."""
-    if isinstance(arch, GPT2Arch):
-        return ("lm_head.weight",)
-    return ("heads.head.weight", "heads.head.bias")
-
-
-def num_outputs(arch: Arch) -> int:
-    return arch.vocab_size if isinstance(arch, GPT2Arch) else arch.num_classes
 
 
 def default_model(arch: Arch, seed: int, device: str | torch.device = "cpu") -> nn.Module:
@@ -60,22 +49,29 @@ def orthogonalize(model: nn.Module, seed: int) -> nn.Module:
 
 
 def predicted_model(arch: Arch, ghn_path: str | Path, seed: int,
-                    expect_decoder: str | None = None) -> nn.Module:
-    """``arch`` with parameters predicted by the GHN checkpoint at ``ghn_path``."""
-    from logah.checkpoint import is_checkpoint, load_ghn, read_metadata
+                    expect_decoder: str | None = None, *, dataset: str | None = None,
+                    tokenizer=None, keep_classifier: bool = False) -> nn.Module:
+    """``arch`` with parameters predicted by the GHN checkpoint at ``ghn_path``, for ``dataset``
+    read with ``tokenizer`` (both optional: they decide what ``logah.transfer`` re-initialises)."""
+    from logah.checkpoint import is_checkpoint, load_ghn
     from logah.predict import materialize, predict_params
+    from logah.transfer import check_target, reinitialised
 
     if not is_checkpoint(ghn_path):
         raise LogahError(f"{ghn_path} is not a GHN checkpoint folder (train one with logah train-ghn)")
+    trained = check_target(arch, ghn_path)
     ghn = load_ghn(ghn_path)
     if expect_decoder is not None and ghn.config.decoder != expect_decoder:
         raise LogahError(f"GHN {ghn_path} has the {ghn.config.decoder} decoder, but this init "
                          f"needs the {expect_decoder} one")
     params = {k: v.clone() for k, v in predict_params(ghn, arch).items()}
-    trained_outputs = read_metadata(ghn_path).get("trained_on", {}).get("num_outputs")
-    if trained_outputs is not None and trained_outputs != num_outputs(arch):
+    fresh_names = [name for name in reinitialised(arch, trained, dataset=dataset,
+                                                   tokenizer=tokenizer,
+                                                   keep_classifier=keep_classifier)
+                   if name in params]   # a tied LM head has no parameter of its own
+    if fresh_names:
         fresh = dict(default_model(arch, seed).named_parameters())
-        params.update({name: fresh[name].detach() for name in classifier_names(arch)})
+        params.update({name: fresh[name].detach() for name in fresh_names})
     return _trainable(materialize(arch, params))
 
 
@@ -97,8 +93,11 @@ def _trainable(model: nn.Module) -> nn.Module:
 
 
 def initial_model(arch: Arch, init: str, *, ghn: str | Path | None = None, seed: int = 0,
-                  device: str | torch.device = "cpu") -> nn.Module:
-    """``arch`` initialised by ``init`` (one of ``INIT_KINDS`` or a predicted-parameters folder)."""
+                  device: str | torch.device = "cpu", task=None,
+                  keep_classifier: bool = False) -> nn.Module:
+    """``arch`` initialised by ``init`` (one of ``INIT_KINDS`` or a predicted-parameters folder).
+    ``task`` (``logah.tasks``): the data the target is for, which a GHN init's transfer rules
+    read (``logah.transfer``)."""
     if init == "random":
         model = default_model(arch, seed)
     elif init == "orthogonal":
@@ -106,7 +105,10 @@ def initial_model(arch: Arch, init: str, *, ghn: str | Path | None = None, seed:
     elif init in GHN_INITS:
         if ghn is None:
             raise LogahError(f"init {init!r} needs a GHN checkpoint (--ghn)")
-        model = predicted_model(arch, ghn, seed, GHN_INITS[init])
+        model = predicted_model(arch, ghn, seed, GHN_INITS[init],
+                                dataset=task.data.dataset if task is not None else None,
+                                tokenizer=getattr(task, "tokenizer", None),
+                                keep_classifier=keep_classifier)
     elif Path(init).is_dir():
         model = saved_model(arch, init)
     else:

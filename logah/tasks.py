@@ -23,7 +23,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from logah.data import get_tokenizer, load_image_dataset, load_text_dataset, shard_indices
+from logah.data import (IMAGE_DATASETS, TEXT_DATASETS, get_tokenizer, load_image_dataset,
+                        load_text_dataset, shard_indices)
 from logah.errors import LogahError
 from logah.io import NON_NEGATIVE, POSITIVE, ConfigRecord, Interval
 from logah.targets import Arch, GPT2Arch, ViTArch
@@ -40,10 +41,10 @@ class DataConfig(ConfigRecord):
     dataset: str = "fashion-mnist"   # an image or text dataset of ``logah.data``
     batch_size: int = 64             # images, or token blocks, per step and rank
     block_size: int = 128            # tokens per block (text)
-    tokenizer: str = "bpe"           # text: "bpe" (trained on the corpus, cached) or "gpt2"
+    tokenizer: str = "auto"          # text: auto, bpe, bpe:CORPUS, gpt2 or a folder (text_tokenizer)
     vocab_size: int = 4096           # size of the trained BPE vocabulary
     augment: bool = False            # random crops/flips of training images
-    eval_split: str = "val"          # "val" (held out from train) or "test" (images only)
+    eval_split: str = "val"          # "val" (held out from train) or "test"
     eval_batches: int = 10           # batches per evaluation (0: the whole split)
 
     bounds = {"batch_size": POSITIVE, "block_size": Interval(2), "vocab_size": POSITIVE,
@@ -143,7 +144,7 @@ class LanguageModeling(_Task):
                  world_size: int = 1):
         self.data = data
         self.check(arch)      # before the tokenizer and the corpus are loaded
-        tokenizer = get_tokenizer(data.tokenizer, corpus=data.dataset, vocab_size=data.vocab_size)
+        self.tokenizer = tokenizer = text_tokenizer(data)
         train = load_text_dataset(data.dataset, "train", tokenizer=tokenizer, block_size=data.block_size)
         val = load_text_dataset(data.dataset, data.eval_split, tokenizer=tokenizer,
                                 block_size=data.block_size)
@@ -190,9 +191,36 @@ class LanguageModeling(_Task):
 Task = ImageClassification | LanguageModeling
 
 
+def text_tokenizer(data: DataConfig):
+    """The tokenizer ``data`` names: ``auto`` and ``bpe`` are the BPE trained on the corpus
+    itself (a run that starts from a text GHN has ``auto`` resolved to the GHN's own tokenizer
+    first, ``logah.transfer``), ``bpe:CORPUS`` the one trained on another corpus, ``gpt2`` the
+    real GPT-2 BPE, a folder a saved tokenizer."""
+    name = "bpe" if data.tokenizer == "auto" else data.tokenizer
+    return get_tokenizer(name, corpus=data.dataset, vocab_size=data.vocab_size)
+
+
+def dataset_family(dataset: str) -> str | None:
+    """``vit`` for an image dataset, ``gpt2`` for a text corpus, None for an unknown name."""
+    return "vit" if dataset in IMAGE_DATASETS else "gpt2" if dataset in TEXT_DATASETS else None
+
+
+def check_dataset_family(arch: Arch, dataset: str) -> None:
+    """A ViT needs an image dataset and a GPT-2 a corpus: say so, rather than 'unknown image
+    dataset', when a name of the other kind is given."""
+    family = dataset_family(dataset)
+    if family is not None and family != arch.family:
+        kind, needed, names = (("a text corpus", "an image dataset", IMAGE_DATASETS)
+                               if family == "gpt2" else
+                               ("an image dataset", "a text corpus", TEXT_DATASETS))
+        raise LogahError(f"dataset {dataset} is {kind}, but a {arch.family} target needs {needed}: "
+                         f"one of {', '.join(sorted(names))}")
+
+
 def make_task(arch: Arch, data: DataConfig, *, seed: int = 0, rank: int = 0,
               world_size: int = 1) -> Task:
     """The task that trains ``arch`` (any member of a space) on ``data.dataset``."""
+    check_dataset_family(arch, data.dataset)
     if isinstance(arch, ViTArch):
         return ImageClassification(arch, data, seed=seed, rank=rank, world_size=world_size)
     return LanguageModeling(arch, data, seed=seed, rank=rank, world_size=world_size)

@@ -48,6 +48,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from logah.archs import (HELD_OUT_POOL, get_space, sample_archs, sample_held_out,
                          space_from_dict, space_to_dict)
 from logah.checkpoint import write_ghn_files
+from logah.data.tokenization import tokenizer_fingerprint
 from logah.devices import resolve_device
 from logah.errors import LogahError
 from logah.io import (FRACTION, NON_NEGATIVE, POSITIVE, SEED, ConfigRecord, atomic_dir, atomic_file,
@@ -276,10 +277,14 @@ class GHNTrainer:
     # --- state -------------------------------------------------------------------------------
     def write_checkpoint(self, folder: Path) -> None:
         """GHN files (``logah predict --ghn`` reads them), training state and metric history."""
-        metadata = {"step": self.step, "trained_on": {"space": self.config.space["name"],
-                                                      "dataset": self.config.data.dataset,
-                                                      "num_outputs": self.task.num_outputs}}
-        write_ghn_files(self.predicting_ghn(), folder, metadata)
+        tokenizer = getattr(self.task, "tokenizer", None)
+        trained_on = {"family": self.config.space["family"], "space": self.config.space,
+                      "dataset": self.config.data.dataset, "num_outputs": self.task.num_outputs}
+        if tokenizer is not None:
+            trained_on["tokenizer"] = {"name": f"{tokenizer.name_or_path}, {len(tokenizer)} tokens",
+                                       "fingerprint": tokenizer_fingerprint(tokenizer)}
+        write_ghn_files(self.predicting_ghn(), folder, {"step": self.step, "trained_on": trained_on},
+                        tokenizer)
         state = {"step": self.step, "skipped": self.skipped,
                  "ghn": self.ghn.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "scheduler": self.scheduler.state_dict(),
@@ -435,9 +440,11 @@ def copy_tree_atomic(source: Path, target: Path) -> None:
 def export_checkpoint(checkpoint: Path, out: Path) -> None:
     """Copy a training checkpoint to ``out/checkpoint`` and its GHN to ``out``, so the output
     folder is what ``logah predict --ghn`` accepts."""
-    from logah.checkpoint import CONFIG_FILE as GHN_CONFIG, WEIGHTS_FILE
+    from logah.checkpoint import CONFIG_FILE as GHN_CONFIG, TOKENIZER_DIR, WEIGHTS_FILE
 
     copy_tree_atomic(Path(checkpoint), out / "checkpoint")
+    if (out / "checkpoint" / TOKENIZER_DIR).is_dir():
+        copy_tree_atomic(out / "checkpoint" / TOKENIZER_DIR, out / TOKENIZER_DIR)
     for name in (WEIGHTS_FILE, GHN_CONFIG):   # config last: its presence marks a complete GHN
         atomic_file(out / name, lambda tmp, n=name: shutil.copy2(out / "checkpoint" / n, tmp))
 

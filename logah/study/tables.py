@@ -7,8 +7,10 @@ notebook without Ray:
 
     trials.parquet / trials.csv   one row per trial: id, status, error, every trial setting as a
                                   dotted column, GHN parameters, the fine-tuning metric at step 0
-                                  (``zero_shot``), its ``best`` and ``final`` values, held-out GHN
-                                  metrics, wall and CPU seconds per phase
+                                  (``zero_shot``), its ``best`` and ``final`` values on the
+                                  validation batches, the final model on the whole test split
+                                  (``test``: the figure to report), held-out GHN metrics, wall
+                                  and CPU seconds per phase
     steps.parquet                 one row per reported record: trial id, phase, step, metrics
 
 Both are written through a temporary file and a rename: a reader never sees half a table.
@@ -76,6 +78,7 @@ def trial_row(record: dict) -> dict:
            "zero_shot": summary.get(f"zero_shot_{metric}", math.nan),
            "best": summary.get(f"best_{metric}", math.nan),
            "final": summary.get(f"final_{metric}", math.nan),
+           "test": summary.get(f"test_{(metric or '').removeprefix('val_')}", math.nan),
            "stopped_early": bool(record.get("stopped_early", False))}
     # sampled names that are not trial settings themselves (``Variants``) get a column too
     row.update({k: _cell(v) for k, v in (record.get("settings") or {}).items() if k not in row})
