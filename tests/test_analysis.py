@@ -17,8 +17,8 @@ import pandas as pd
 import pytest
 from plotly.offline import get_plotlyjs
 
-from logah.analysis import (aggregate_seeds, best_per_group, export_tables, load_optuna_study,
-                            load_study, pareto_front, write_report)
+from logah.analysis import (aggregate_seeds, at_best_setting, best_per_group, export_tables,
+                            load_optuna_study, load_study, pareto_front, write_report)
 from logah.analysis.figures import study_panels
 from logah.cli import main
 from logah.errors import LogahError
@@ -127,6 +127,23 @@ def test_best_per_group_follows_the_mode():
         best_per_group(trials, ["target"], "best", "up")
     with pytest.raises(LogahError, match="no column"):
         best_per_group(trials, ["init"], "best", "max")
+
+
+def test_each_group_is_reported_at_its_own_best_setting_chosen_on_another_column():
+    trials = pd.DataFrame({
+        "init": ["a"] * 4 + ["b"] * 4,
+        "lr": [0.1, 0.1, 0.2, 0.2] * 2,
+        "val": [0.5, 0.7, 0.8, 0.6, 0.9, 0.9, 0.1, np.nan],
+        "test": [0.1, 0.2, 0.3, 0.5, 0.6, 0.8, 0.99, 0.99]})
+    best = at_best_setting(trials, by=["init"], setting="lr", choose_on="val", mode="max",
+                           report=["test"])
+    # a: lr 0.1 has val mean 0.6, lr 0.2 has 0.7 -> 0.2; b: 0.9 vs 0.1 -> 0.1 (test never chooses)
+    assert best["lr"].tolist() == [0.2, 0.1]
+    assert best["test_mean"].tolist() == pytest.approx([0.4, 0.7])
+    assert best["test_count"].tolist() == [2, 2]
+    worst = at_best_setting(trials, by=["init"], setting="lr", choose_on="val", mode="min",
+                            report=["test"])
+    assert worst["lr"].tolist() == [0.1, 0.2]
 
 
 def test_pareto_front_keeps_exactly_the_non_dominated_trials():

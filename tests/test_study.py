@@ -84,6 +84,17 @@ def test_every_preset_of_every_study_builds_valid_trials(script):
     assert paper.trial_config({}).ghn_training.space["name"] == "vits-1k"
 
 
+def test_a_sweep_of_variants_narrows_them_by_name():
+    study = load_study("init_comparison")
+    plan = plan_study(study, StudyOptions(preset="cpu", task="vit", storage="/tmp/unused",
+                                          sweep={"init": Choice("random", "logah")}))
+    assert plan.space["init"].grid() == ["random", "logah"] and plan.num_samples == 2 * 3 * 3
+    assert plan.trial_config({"init": "logah", "seed": "s1", "finetune.lr": 0.05}).uses_ghn
+    with pytest.raises(LogahError, match="no variant 'xavier'.*random, orthogonal, ghn3, logah"):
+        plan_study(study, StudyOptions(preset="cpu", task="vit", storage="/tmp/unused",
+                                       sweep={"init": Choice("random", "xavier")}))
+
+
 def test_study_scripts_are_declarations():
     for path in STUDY_SCRIPTS:
         assert len(path.read_text().splitlines()) < 100, path

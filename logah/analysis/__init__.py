@@ -9,11 +9,11 @@ Optuna study), ``stats`` aggregates over seeds and finds best trials and Pareto 
 """
 
 from logah.analysis.report import write_report
-from logah.analysis.stats import aggregate_seeds, best_per_group, pareto_front
+from logah.analysis.stats import aggregate_seeds, at_best_setting, best_per_group, pareto_front
 from logah.analysis.tables import (Study, combined_steps, combined_trials, export_tables,
                                    load_optuna_study, load_studies, load_study)
 
-__all__ = ["Study", "aggregate_seeds", "best_per_group", "combined_steps", "combined_trials",
+__all__ = ["Study", "aggregate_seeds", "at_best_setting", "best_per_group", "combined_steps", "combined_trials",
            "export_tables", "load_optuna_study", "load_studies", "load_study", "pareto_front",
            "write_report"]
 

@@ -3,8 +3,10 @@
     agg = aggregate_seeds(study.completed, by=["target", "ghn_training.ghn.rank"], value="best")
     best = best_per_group(study.completed, by=["target", "init_label"], value="best", mode="max")
     front = pareto_front(study.completed, quality="best", mode="max", cost="ghn_params")
+    table = at_best_setting(study.completed, by=["init_label"], setting="finetune.lr",
+                            choose_on="final", mode="max", report=["test"])
 
-All three take any trial table (one study's or several studies' ``combined_trials``) and leave
+All of them take any trial table (one study's or several studies' ``combined_trials``) and leave
 the statuses to the caller: pass completed trials, since a failed trial's metrics are NaN and
 a running one's are partial. Rows whose value is NaN are ignored, never counted as zero.
 """
@@ -43,6 +45,26 @@ def best_per_group(trials: pd.DataFrame, by: list[str], value: str, mode: str) -
     pick = valid.groupby(by, dropna=False, sort=True)[value]
     index = pick.idxmax() if mode == "max" else pick.idxmin()
     return valid.loc[index.to_numpy()].reset_index(drop=True)
+
+
+def at_best_setting(trials: pd.DataFrame, by: list[str], setting: str, choose_on: str, mode: str,
+                    report: list[str]) -> pd.DataFrame:
+    """Each group at its own best value of ``setting`` (the paper reports every init at its best
+    learning rate): per group of ``by``, the value of ``setting`` whose mean ``choose_on`` over
+    seeds is best by ``mode``, with the mean, std and count of every ``report`` column there.
+
+    Choose on one column and report another (validation vs test) and no reported figure has
+    been chosen on. One row per group: ``by``, ``setting``, then the ``report`` statistics."""
+    _require(trials, by + [setting, choose_on] + report)
+    _check_mode(mode)
+    means = aggregate_seeds(trials, by + [setting], [choose_on] + report)
+    means = means[means[f"{choose_on}_mean"].notna()]
+    if means.empty:
+        return means
+    pick = means.groupby(by, dropna=False, sort=True)[f"{choose_on}_mean"]
+    index = pick.idxmax() if mode == "max" else pick.idxmin()
+    keep = by + [setting] + [f"{c}_{stat}" for c in report for stat in ("mean", "std", "count")]
+    return means.loc[index.to_numpy(), keep].reset_index(drop=True)
 
 
 def pareto_mask(trials: pd.DataFrame, objectives: list[dict]) -> pd.Series:

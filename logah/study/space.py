@@ -122,6 +122,14 @@ class Variants:
     def corners(self) -> list:
         return list(self.options)
 
+    def narrowed(self, name: str, choice: "Choice") -> "Variants":
+        """These variants restricted to the names ``choice`` lists (``--sweep init=random,logah``)."""
+        unknown = [v for v in choice.values if v not in self.options]
+        if unknown:
+            raise LogahError(f"--sweep {name}: no variant {unknown[0]!r}; this study's variants "
+                             f"are {', '.join(self.options)}")
+        return Variants(**{v: self.options[v] for v in choice.values})
+
 
 Param = Choice | IntRange | FloatRange | Variants
 

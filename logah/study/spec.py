@@ -17,7 +17,7 @@ from typing import Any
 from logah.errors import LogahError
 from logah.finetune import target_metric
 from logah.study.scales import SCALES, TASKS, base_trial
-from logah.study.space import Param, Variants, apply_settings, grid_size
+from logah.study.space import Choice, Param, Variants, apply_settings, grid_size
 from logah.trial import TrialConfig
 
 SEARCHES = ("tpe", "grid")
@@ -116,6 +116,16 @@ def _check_storage(path: str) -> Path:
     return folder
 
 
+def _narrowed(declared, name: str, param):
+    """A ``--sweep`` of a declared ``Variants`` setting picks some of its variants by name;
+    of anything else it replaces (or adds) the setting."""
+    if isinstance(declared, Variants):
+        if not isinstance(param, Choice):
+            raise LogahError(f"--sweep {name}: name some of its variants, a,b,c")
+        return declared.narrowed(name, param)
+    return param
+
+
 def plan_study(study: Study, options: StudyOptions) -> StudyPlan:
     """Check ``options`` against ``study`` and build the plan; nothing is written."""
     if options.preset not in SCALES:
@@ -145,7 +155,8 @@ def plan_study(study: Study, options: StudyOptions) -> StudyPlan:
         raise LogahError("several --objectives need a sampler (NSGA-II): use --search tpe")
 
     declared = study.space.get(f"{options.preset}:{task}", study.space.get(options.preset, {}))
-    space = {**declared, **options.sweep}
+    space = {**declared, **{name: _narrowed(declared.get(name), name, param)
+                            for name, param in options.sweep.items()}}
     if not space:
         raise LogahError(f"study {study.name} sweeps nothing at preset {options.preset}")
     for param_name, param in space.items():
