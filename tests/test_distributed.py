@@ -162,7 +162,8 @@ def test_two_workers_fine_tune_with_the_same_code(ray_local, tmp_path):
     finetune_ray(config, tmp_path / "ray", workers=2)
     summary = json.loads((tmp_path / "ray" / "summary.json").read_text())
     assert summary["steps"] == 4 and summary["zero_shot_val_accuracy"] is not None
-    assert _steps(tmp_path / "ray") == [0, 2, 4]
+    assert _steps(tmp_path / "ray") == [0, 2, 4, 4]       # the last: the whole test split
+    assert 0 <= summary["test_accuracy"] <= 1
     arch, _ = load_finetuned(tmp_path / "ray")      # rank 0's final weights were saved
     assert evaluate_init(arch, str(tmp_path / "ray" / "model"), config.data)["val_accuracy"] == \
         summary["final_val_accuracy"]

