@@ -141,6 +141,9 @@ def test_each_group_is_reported_at_its_own_best_setting_chosen_on_another_column
     assert best["lr"].tolist() == [0.2, 0.1]
     assert best["test_mean"].tolist() == pytest.approx([0.4, 0.7])
     assert best["test_count"].tolist() == [2, 2]
+    both = at_best_setting(trials, by=["init"], setting="lr", choose_on="val", mode="max",
+                           report=["val", "test"])          # the chosen-on column reported too
+    assert both["val_mean"].tolist() == pytest.approx([0.7, 0.9])
     worst = at_best_setting(trials, by=["init"], setting="lr", choose_on="val", mode="min",
                             report=["test"])
     assert worst["lr"].tolist() == [0.1, 0.2]
