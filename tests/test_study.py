@@ -260,10 +260,15 @@ def test_ray_job_submit_runs_the_smoke_rank_sweep_on_a_token_authenticated_clust
             if probe.returncode == 0:
                 break
             time.sleep(2)
-        job = subprocess.run(
-            [bin_dir / "ray", "job", "submit", "--address", address, "--working-dir", str(ROOT),
-             "--submission-id", "smoke-rank-sweep", "--", "python", "studies/rank_sweep.py", "--preset", "smoke", "--storage",
-             str(storage)], env=env, capture_output=True, text=True, timeout=1200)
+        for _ in range(30):     # the job agent may start after the Jobs API answers (loaded host)
+            job = subprocess.run(
+                [bin_dir / "ray", "job", "submit", "--address", address, "--working-dir",
+                 str(ROOT), "--submission-id", "smoke-rank-sweep", "--", "python",
+                 "studies/rank_sweep.py", "--preset", "smoke", "--storage", str(storage)],
+                env=env, capture_output=True, text=True, timeout=1200)
+            if "No available agent to submit job" not in job.stderr:
+                break
+            time.sleep(2)
         assert job.returncode == 0, (job.stdout[-3000:] + job.stderr[-3000:]
                                      + (tmp_path / "head.log").read_text()[-2000:])
         status = subprocess.run(
