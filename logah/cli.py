@@ -421,20 +421,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _one_line_warnings(prefix: str) -> None:
-    """Warnings (a target new to its GHN, embeddings re-initialised) as one line a user reads,
-    not Python's two lines of source location."""
+def _one_line_warning(prefix: str):
+    """Shows a warning (a target new to its GHN, embeddings re-initialised) as one line a user
+    reads, not Python's two lines of source location."""
     def show(message, category, filename, lineno, file=None, line=None):
         print(f"{prefix}: warning: {message}", file=file or sys.stderr)
 
-    warnings.showwarning = show
+    return show
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _one_line_warnings(f"logah {args.command}")
     try:
-        args.func(args)
+        with warnings.catch_warnings():       # the one-line format for this command only
+            warnings.showwarning = _one_line_warning(f"logah {args.command}")
+            args.func(args)
     except LogahError as err:
         print(f"logah {args.command}: error: {err}", file=sys.stderr)
         return 2

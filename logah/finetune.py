@@ -182,11 +182,14 @@ class Finetuner:
         return loss.item()
 
     @torch.no_grad()
-    def evaluate(self) -> dict[str, float]:
+    def evaluate(self, task=None, prefix: str = "val") -> dict[str, float]:
+        """Metrics of the model on ``task``'s evaluation split (default: this run's validation
+        batches), keys prefixed with ``prefix``."""
         self.net.eval()
         with self._autocast():
-            scores = self.task.evaluate(lambda x: forward(self.net, self.arch, x), self.device)
-        return {f"val_{k}": v for k, v in scores.items()}
+            scores = (task or self.task).evaluate(lambda x: forward(self.net, self.arch, x),
+                                                  self.device)
+        return {f"{prefix}_{k}": v for k, v in scores.items()}
 
     # --- state -------------------------------------------------------------------------------
     def write_checkpoint(self, folder: Path) -> None:
@@ -236,15 +239,10 @@ class Finetuner:
                       checkpoint=False)
         return self.history
 
-    @torch.no_grad()
     def evaluate_test(self) -> dict[str, float]:
         """The model on the whole test split (the figure a results table reports)."""
         data = dataclasses.replace(self.data, eval_split="test", eval_batches=0)
-        task = make_task(self.arch, data, seed=self.config.seed)
-        self.net.eval()
-        with self._autocast():
-            scores = task.evaluate(lambda x: forward(self.net, self.arch, x), self.device)
-        return {f"test_{k}": v for k, v in scores.items()}
+        return self.evaluate(make_task(self.arch, data, seed=self.config.seed), prefix="test")
 
     def _log(self, report: Reporter, metrics: dict, checkpoint: bool) -> None:
         self.history.append(metrics)

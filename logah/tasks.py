@@ -41,7 +41,7 @@ class DataConfig(ConfigRecord):
     dataset: str = "fashion-mnist"   # an image or text dataset of ``logah.data``
     batch_size: int = 64             # images, or token blocks, per step and rank
     block_size: int = 128            # tokens per block (text)
-    tokenizer: str = "auto"          # text: auto, bpe, bpe:CORPUS, gpt2 or a folder (text_tokenizer)
+    tokenizer: str = "auto"          # text: auto, bpe, bpe:CORPUS, gpt2, a folder (text_tokenizer)
     vocab_size: int = 4096           # size of the trained BPE vocabulary
     augment: bool = False            # random crops/flips of training images
     eval_split: str = "val"          # "val" (held out from train) or "test"

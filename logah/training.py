@@ -281,10 +281,11 @@ class GHNTrainer:
         trained_on = {"family": self.config.space["family"], "space": self.config.space,
                       "dataset": self.config.data.dataset, "num_outputs": self.task.num_outputs}
         if tokenizer is not None:
-            trained_on["tokenizer"] = {"name": f"{tokenizer.name_or_path}, {len(tokenizer)} tokens",
-                                       "fingerprint": tokenizer_fingerprint(tokenizer)}
-        write_ghn_files(self.predicting_ghn(), folder, {"step": self.step, "trained_on": trained_on},
-                        tokenizer)
+            trained_on["tokenizer"] = {
+                "name": f"{tokenizer.name_or_path}, {len(tokenizer)} tokens",
+                "fingerprint": tokenizer_fingerprint(tokenizer)}
+        write_ghn_files(self.predicting_ghn(), folder,
+                        {"step": self.step, "trained_on": trained_on}, tokenizer)
         state = {"step": self.step, "skipped": self.skipped,
                  "ghn": self.ghn.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "scheduler": self.scheduler.state_dict(),

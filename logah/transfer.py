@@ -93,7 +93,8 @@ def resolve_data(data, ghn: str | Path | None):
 def check_family(arch: Arch, trained: TrainedOn, ghn_path: str | Path) -> None:
     if trained.family is not None and trained.family != arch.family:
         raise LogahError(f"GHN {ghn_path} was trained on {trained.describe()}: it cannot "
-                         f"initialise a {arch.family} target (train a GHN on a {arch.family} space)")
+                         f"initialise a {arch.family} target (train a GHN on a "
+                         f"{arch.family} space)")
 
 
 def novelties(arch: Arch, space_record: dict) -> list[str]:
@@ -134,7 +135,8 @@ def check_target(arch: Arch, ghn_path: str | Path) -> TrainedOn:
         new = novelties(arch, trained.space)
         if new:
             warnings.warn(f"target is outside the training space of GHN {ghn_path} "
-                          f"({trained.describe()}): {'; '.join(new)}", TransferWarning, stacklevel=3)
+                          f"({trained.describe()}): {'; '.join(new)}", TransferWarning,
+                          stacklevel=3)
     return trained
 
 

@@ -13,7 +13,7 @@ from logah.analysis.stats import aggregate_seeds, at_best_setting, best_per_grou
 from logah.analysis.tables import (Study, combined_steps, combined_trials, export_tables,
                                    load_optuna_study, load_studies, load_study)
 
-__all__ = ["Study", "aggregate_seeds", "at_best_setting", "best_per_group", "combined_steps", "combined_trials",
-           "export_tables", "load_optuna_study", "load_studies", "load_study", "pareto_front",
+__all__ = ["Study", "aggregate_seeds", "at_best_setting", "best_per_group", "combined_steps",
+           "combined_trials", "export_tables", "load_optuna_study", "load_studies", "load_study", "pareto_front",
            "write_report"]
 

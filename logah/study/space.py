@@ -123,7 +123,8 @@ class Variants:
         return list(self.options)
 
     def narrowed(self, name: str, choice: "Choice") -> "Variants":
-        """These variants restricted to the names ``choice`` lists (``--sweep init=random,logah``)."""
+        """These variants restricted to the names ``choice`` lists
+        (``--sweep init=random,logah``)."""
         unknown = [v for v in choice.values if v not in self.options]
         if unknown:
             raise LogahError(f"--sweep {name}: no variant {unknown[0]!r}; this study's variants "
