@@ -2,8 +2,9 @@
 
     .venv/bin/python benchmarks/study_overhead.py runs/studies/rank_sweep-vit-cpu
 
-Compute is what the trials' work took, each piece counted once: every GHN training in the
-study's GHN store (``ghns/*/store.json``) plus every trial's fine-tuning phase. Two ideal wall
+Compute is what the trials' work took, each piece counted once: every GHN training a trial of
+the study did (``store.json`` in its GHN store; GHNs reused from another study's store with
+``--ghn-store`` were paid for there) plus every trial's fine-tuning phase. Two ideal wall
 times with the study's concurrency c: *split*, max(compute / c, the longest trial), as if work
 could be cut anywhere; and *packed*, the trials (each with the GHN training it did itself) laid
 longest-first onto c slots, which is what whole trials on c slots can at best do (15 equal trials
@@ -26,8 +27,10 @@ def overhead(study_dir: Path) -> dict:
     info = json.loads((study_dir / "study.json").read_text())
     trials = pd.read_parquet(study_dir / "trials.parquet")
     done = trials[trials["status"] == "COMPLETE"]
+    store = Path(info.get("ghn_store") or study_dir / "ghns")
+    trained_here = set(trials.loc[~trials["ghn_reused"].astype(bool), "ghn_key"]) - {""}
     ghn = {p.parent.name: json.loads(p.read_text())["wall_s"]
-           for p in (study_dir / "ghns").glob("*/store.json")}
+           for p in store.glob("*/store.json") if p.parent.name in trained_here}
     finetune = done["finetune_wall_s"].fillna(0)
     per_trial = finetune + done["ghn_key"].map(lambda k: ghn.get(k, 0.0) if k else 0.0)
     compute = sum(ghn.values()) + finetune.sum()

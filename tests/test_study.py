@@ -69,6 +69,17 @@ def test_command_line_parameters():
             bad.check("x")
 
 
+def test_ghn_store_defaults_to_the_study_folder_and_can_be_shared(tmp_path):
+    study = load_study("init_comparison")
+    own = plan_study(study, StudyOptions(preset="smoke", storage=str(tmp_path), name="a"))
+    assert own.ghn_store == tmp_path / "a" / "ghns"
+    shared = plan_study(study, StudyOptions(preset="smoke", storage=str(tmp_path), name="b",
+                                            ghn_store=str(tmp_path / "a" / "ghns")))
+    assert shared.ghn_store == tmp_path / "a" / "ghns"
+    with pytest.raises(LogahError, match="--ghn-store s3://x"):
+        plan_study(study, StudyOptions(preset="smoke", storage=str(tmp_path), ghn_store="s3://x"))
+
+
 @pytest.mark.parametrize("script", [p.stem for p in STUDY_SCRIPTS])
 def test_every_preset_of_every_study_builds_valid_trials(script):
     """The paper preset is never run here: build (and validate) each of its trial configs."""
@@ -326,6 +337,19 @@ def test_init_comparison_trains_each_ghn_once_for_all_seeds(tmp_path):
         assert rows["ghn_reused"].tolist().count(True) == 1 and rows["ghn_key"].nunique() == 1
     baselines = trials[trials["init"].isin(["random", "orthogonal"])]
     assert baselines["ghn_params"].isna().all() and (baselines["ghn_key"] == "").all()
+
+    # a transfer study on the same GHNs (--ghn-store) trains none: its LoGAH trials reuse them
+    run = run_script("init_comparison", "--preset", "smoke", "--storage", str(tmp_path),
+                     "--name", "transfer", "--sweep", "init=random,logah",
+                     "--set", "finetune.data.dataset=digits", "--ghn-store", str(folder / "ghns"))
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    transfer, steps, info = read_study(tmp_path / "transfer")
+    assert info["ghn_store"] == str(folder / "ghns") and not (tmp_path / "transfer/ghns").exists()
+    logah = transfer[transfer["init"] == "logah"]
+    assert len(logah) == 2 and logah["ghn_reused"].all()
+    assert set(logah["ghn_key"]) == set(trials.loc[trials["init"] == "logah", "ghn_key"])
+    assert set(steps.loc[steps["phase"] == "ghn", "trial_id"]) == set(logah["trial_id"])
+    assert len(list((folder / "ghns").glob("*/store.json"))) == 2
 
 
 @pytest.mark.slow

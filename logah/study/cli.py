@@ -56,6 +56,10 @@ def build_parser(study: Study) -> argparse.ArgumentParser:
     p.add_argument("--gpu", action="store_true", help="train on GPUs (one per trial or worker)")
     p.add_argument("--optuna-storage", help="Optuna storage URL (default: SQLite in the study "
                    "folder; postgresql://... to share one study between jobs)")
+    p.add_argument("--ghn-store", metavar="DIR",
+                   help="folder of trained GHNs to share with other studies (default: the study "
+                        "folder's ghns/); a GHN whose training config is already there is "
+                        "reused, e.g. a transfer study on an init comparison's GHNs")
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                    help="fix a trial setting, e.g. ghn_training.steps=100")
     p.add_argument("--sweep", action="append", default=[], metavar="NAME=SPEC",
@@ -71,6 +75,7 @@ def parse_options(study: Study, argv: list[str] | None) -> StudyOptions:
         scheduler=args.scheduler,
         objectives=tuple(o.strip() for o in args.objectives.split(",") if o.strip()),
         train_workers=args.train_workers, gpu=args.gpu, optuna_storage=args.optuna_storage,
+        ghn_store=args.ghn_store,
         set=_assignments(args.set, "--set", parse_value),
         sweep=_assignments(args.sweep, "--sweep", parse_param))
 

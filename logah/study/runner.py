@@ -39,12 +39,11 @@ from logah.finetune import summarize
 from logah.ghn_store import config_key
 from logah.io import read_json, write_json
 from logah.study.spec import StudyPlan, ghn_params
-from logah.study.tables import (GHNS_DIR, TRIALS_DIR, now, read_metrics, read_record,
+from logah.study.tables import (STUDY_FILE, TRIALS_DIR, now, read_metrics, read_record,
                                 write_record, write_tables)
 from logah.trial import run_trial
 
 TUNE_DIR = "tune"
-STUDY_FILE = "study.json"
 LOCK_FILE = ".lock"
 DRIVER_RESOURCE = "train_driver"
 
@@ -120,7 +119,7 @@ def study_trial(sampled: dict, plan: StudyPlan) -> None:
         distributed = plan.options.train_workers > 1
         summary = run_trial(config, folder, report=_TuneReporter(plan, record["ghn_params"]),
                             device="cuda" if plan.options.gpu and not distributed else "cpu",
-                            ghn_store=plan.study_dir / GHNS_DIR,
+                            ghn_store=plan.ghn_store,
                             train_fn=_ray_train_ghn(plan) if distributed else None)
     except Exception as err:
         record.update(status="FAILED", error=f"{type(err).__name__}: {err}", finished_at=now(),
@@ -320,7 +319,8 @@ def _study_record(plan: StudyPlan, **extra) -> dict:
             "num_samples": plan.num_samples,
             "search": _search_name(plan),
             "scheduler": plan.options.scheduler, "train_workers": plan.options.train_workers,
-            "optuna_storage": plan.optuna_storage, "optuna_study_name": plan.name, **extra}
+            "optuna_storage": plan.optuna_storage, "optuna_study_name": plan.name,
+            "ghn_store": str(plan.ghn_store), **extra}
 
 
 def run_study(plan: StudyPlan) -> pd.DataFrame:

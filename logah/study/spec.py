@@ -18,6 +18,7 @@ from logah.errors import LogahError
 from logah.finetune import target_metric
 from logah.study.scales import SCALES, TASKS, base_trial
 from logah.study.space import Choice, Param, Variants, apply_settings, grid_size
+from logah.study.tables import GHNS_DIR
 from logah.trial import TrialConfig
 
 SEARCHES = ("tpe", "grid")
@@ -61,6 +62,7 @@ class StudyOptions:
     train_workers: int = 1
     gpu: bool = False
     optuna_storage: str | None = None
+    ghn_store: str | None = None      # default: the study folder's own ghns/
     set: dict[str, Any] = field(default_factory=dict)        # --set a.b=v
     sweep: dict[str, Param] = field(default_factory=dict)    # --sweep a.b=lo:hi
 
@@ -82,6 +84,7 @@ class StudyPlan:
     metric: str                      # the fine-tuning metric, e.g. "val_accuracy"
     mode: str                        # "max" or "min"
     optuna_storage: str
+    ghn_store: Path                  # trained GHNs, keyed by their training config
 
     @property
     def objectives(self) -> list[dict]:
@@ -102,15 +105,15 @@ def _positive(name: str, value: int | None) -> None:
         raise LogahError(f"{name} must be a positive integer, got {value}")
 
 
-def _check_storage(path: str) -> Path:
+def _check_storage(path: str, option: str = "--storage") -> Path:
     if "://" in path and not path.startswith("file://"):
-        raise LogahError(f"--storage {path}: URIs other than file:// are not supported for the "
-                         "study folder; use a path on a filesystem every node mounts (NFS, "
+        raise LogahError(f"{option} {path}: URIs other than file:// are not supported for a "
+                         "study's folders; use a path on a filesystem every node mounts (NFS, "
                          "a bucket mounted with gcsfuse / mountpoint-s3)")
     folder = Path(path.removeprefix("file://")).expanduser()
     if not folder.is_absolute():
         if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
-            raise LogahError(f"--storage {path}: give an absolute path inside a Ray job (its "
+            raise LogahError(f"{option} {path}: give an absolute path inside a Ray job (its "
                              "working directory is a temporary copy)")
         folder = folder.resolve()
     return folder
@@ -180,7 +183,9 @@ def plan_study(study: Study, options: StudyOptions) -> StudyPlan:
                      base=base, space=space, fixed=fixed, search=search,
                      num_samples=num_samples, metric=metric, mode=mode,
                      optuna_storage=options.optuna_storage
-                     or f"sqlite:///{study_dir / 'optuna.db'}")
+                     or f"sqlite:///{study_dir / 'optuna.db'}",
+                     ghn_store=(_check_storage(options.ghn_store, "--ghn-store")
+                                if options.ghn_store else study_dir / GHNS_DIR))
     # each value of the space must give a valid trial on its own (combinations are checked by
     # the trials themselves: one that fails is recorded as failed and the study goes on)
     for param_name, param in space.items():

@@ -32,6 +32,7 @@ from logah.training import METRICS_FILE
 
 TRIALS_DIR = "trials"
 GHNS_DIR = "ghns"
+STUDY_FILE = "study.json"
 RECORD_FILE = "record.json"
 STATUSES = ("COMPLETE", "FAILED", "RUNNING")
 
@@ -91,10 +92,10 @@ def trial_row(record: dict) -> dict:
     return row
 
 
-def step_rows(study_dir: Path, record: dict) -> list[dict]:
+def step_rows(study_dir: Path, record: dict, ghn_store: Path) -> list[dict]:
     folder = study_dir / TRIALS_DIR / record["trial_id"]
     key = (record.get("summary") or {}).get("ghn_key") or record.get("ghn_key")
-    ghn_log = (study_dir / GHNS_DIR / key if key else folder / "ghn") / METRICS_FILE
+    ghn_log = (ghn_store / key if key else folder / "ghn") / METRICS_FILE
     rows = []
     for phase, path in (("ghn", ghn_log), ("finetune", folder / "finetune" / METRICS_FILE)):
         for metrics in read_metrics(path):
@@ -103,13 +104,21 @@ def step_rows(study_dir: Path, record: dict) -> list[dict]:
     return rows
 
 
+def study_record(study_dir: Path) -> dict:
+    """``study.json`` of ``study_dir``, or {} before the study has written it."""
+    path = study_dir / STUDY_FILE
+    return read_json(path, "study record") if path.is_file() else {}
+
+
 def collect(study_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The trial and step tables of ``study_dir`` as they stand on disk."""
     records = [r for folder in sorted((study_dir / TRIALS_DIR).glob("*"))
                if (r := read_record(folder)) is not None]
     records.sort(key=lambda r: (r.get("started_at") or "", r["trial_id"]))
+    # a study may share its GHNs with others (``--ghn-store``); study.json says where they are
+    ghn_store = Path(study_record(study_dir).get("ghn_store") or study_dir / GHNS_DIR)
     trials = pd.DataFrame([trial_row(r) for r in records])
-    steps = pd.DataFrame([row for r in records for row in step_rows(study_dir, r)])
+    steps = pd.DataFrame([row for r in records for row in step_rows(study_dir, r, ghn_store)])
     return trials, steps
 
 
@@ -117,8 +126,7 @@ def write_tables(study_dir: Path) -> pd.DataFrame:
     """Rebuild and atomically write ``trials.parquet``, ``trials.csv`` and ``steps.parquet``;
     a study with several objectives gets a ``pareto`` column (its Pareto front)."""
     trials, steps = collect(study_dir)
-    study = study_dir / "study.json"
-    objectives = read_json(study, "study record").get("objectives", []) if study.is_file() else []
+    objectives = study_record(study_dir).get("objectives", [])
     if len(objectives) > 1 and not trials.empty:
         done = trials["status"] == "COMPLETE"
         trials["pareto"] = pareto_mask(trials.where(done), objectives)
