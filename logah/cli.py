@@ -175,7 +175,8 @@ def _finetune_config(args: argparse.Namespace):
                       eval_batches=args.eval_batches)
     config = FinetuneConfig(target=arch_to_dict(arch), init=args.init, ghn=args.ghn, data=data,
                             seed=args.seed, keep_classifier=args.keep_classifier,
-                            final_test=not args.no_final_test, **settings)
+                            init_noise=args.init_noise, final_test=not args.no_final_test,
+                            **settings)
     config.validate()
     return config
 
@@ -214,7 +215,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
                       eval_split=args.split, eval_batches=args.eval_batches)
     metrics = evaluate_init(arch, args.init, data, ghn=args.ghn, seed=args.seed,
                             device="cuda" if args.gpu else "cpu",
-                            keep_classifier=args.keep_classifier)
+                            keep_classifier=args.keep_classifier, init_noise=args.init_noise)
     print(json.dumps({"target": args.target, "init": args.init, "ghn": args.ghn,
                       "dataset": data.dataset, **metrics}))
 
@@ -298,6 +299,10 @@ def _add_target_options(p: argparse.ArgumentParser, default_init: str) -> None:
     p.add_argument("--keep-classifier", action="store_true",
                    help="a GHN trained on another image dataset: keep its predicted classifier "
                         "(default: re-initialised, as in the paper; same width only)")
+    p.add_argument("--init-noise", type=float, default=0.0, metavar="ALPHA",
+                   help="ghn3 / logah: add ALPHA x the target's default init of --seed to every "
+                        "predicted weight matrix (fills the directions a rank-r prediction "
+                        "leaves at zero; not the paper's)")
 
 
 def _add_text_options(p: argparse.ArgumentParser) -> None:

@@ -77,6 +77,7 @@ class FinetuneConfig(ConfigRecord):
     eval_every: int = 100
     seed: int = 0
     keep_classifier: bool = False      # a GHN trained on another dataset: keep its classifier
+    init_noise: float = 0.0            # GHN inits: + init_noise × the default init (logah.inits)
     final_test: bool = True            # evaluate the final model on the whole test split
 
     def __post_init__(self) -> None:
@@ -88,7 +89,7 @@ class FinetuneConfig(ConfigRecord):
 
     bounds = {"lr": POSITIVE, "momentum": FRACTION, "weight_decay": NON_NEGATIVE,
               "warmup_steps": NON_NEGATIVE, "steps": POSITIVE, "grad_clip": NON_NEGATIVE,
-              "eval_every": POSITIVE, "seed": SEED}
+              "eval_every": POSITIVE, "seed": SEED, "init_noise": NON_NEGATIVE}
 
     def validate(self) -> None:
         super().validate()     # every number finite and in ``bounds``; the data config
@@ -134,7 +135,8 @@ class Finetuner:
                      f"fine-tuning {self.arch.family} target")
         self.net = initial_model(self.arch, config.init, ghn=config.ghn, seed=config.seed,
                                  device=self.device, task=self.task,
-                                 keep_classifier=config.keep_classifier)
+                                 keep_classifier=config.keep_classifier,
+                                 init_noise=config.init_noise)
         params = list(self.net.parameters())
         if config.optimizer == "sgd":
             self.optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
@@ -258,7 +260,7 @@ def _training_copies(optimizer: str) -> int:
 @torch.no_grad()
 def evaluate_init(target: Arch, init: str, data: DataConfig, *, ghn: str | Path | None = None,
                   seed: int = 0, device: str | torch.device = "cpu",
-                  keep_classifier: bool = False) -> dict[str, float]:
+                  keep_classifier: bool = False, init_noise: float = 0.0) -> dict[str, float]:
     """Metrics of ``target`` as ``init`` leaves it, with no fine-tuning, on ``data.eval_split``:
     the zero-shot figure of a GHN (what step 0 of a fine-tuning run reports, on any split and
     any number of batches). Keys are prefixed with the split: ``test_accuracy``, ``val_perplexity``."""
@@ -268,7 +270,7 @@ def evaluate_init(target: Arch, init: str, data: DataConfig, *, ghn: str | Path 
     arch = task.fit(target)
     check_memory(count_params(arch), device, 2, f"evaluating {arch.family} target")
     net = initial_model(arch, init, ghn=ghn, seed=seed, device=device, task=task,
-                        keep_classifier=keep_classifier).eval()
+                        keep_classifier=keep_classifier, init_noise=init_noise).eval()
     scores = task.evaluate(lambda x: forward(net, arch, x), device)
     return {f"{data.eval_split}_{name}": value for name, value in scores.items()}
 

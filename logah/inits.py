@@ -9,6 +9,12 @@
   low-rank (the name is checked against the checkpoint, so a table row cannot be mislabelled);
 * the path of a folder written by ``logah predict`` (its architecture must be the target's).
 
+``init_noise`` = α > 0 (not the paper's; a lever of the init studies) adds α × the target's own
+default init of the same seed (the ``random`` baseline's weights) to every predicted weight
+matrix. A low-rank decoder's prediction has rank ≤ r in every matrix (r = 16 of 96 dimensions for
+the CPU preset on ``vit-cpu-target``), so fine-tuning must build the other directions from zero;
+the perturbation gives them the random init's start while keeping the prediction's.
+
 Transfer (DESIGN.md §3.5): a GHN trained on dataset A initialises a target for dataset B. What
 of the prediction is kept then (classifier, embeddings of another tokenizer) and what is refused
 or warned about is decided in ``logah.transfer``.
@@ -36,12 +42,18 @@ def default_model(arch: Arch, seed: int, device: str | torch.device = "cpu") -> 
         return build_model(arch, device)
 
 
+def is_weight_matrix(name: str, param: torch.Tensor) -> bool:
+    """Every ≥ 2-D ``weight`` (linear, convolution, embedding, classifier), not biases, norms,
+    class tokens or position embeddings: what the orthogonal baseline and ``init_noise`` change."""
+    return name.endswith("weight") and param.dim() >= 2
+
+
 def orthogonalize(model: nn.Module, seed: int) -> nn.Module:
     """Replace every weight matrix of ``model`` by a (semi-)orthogonal one, in place."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, param in model.named_parameters():
-            if name.endswith("weight") and param.dim() >= 2:
+            if is_weight_matrix(name, param):
                 value = torch.empty(param.shape)
                 nn.init.orthogonal_(value, generator=generator)
                 param.copy_(value)
@@ -50,9 +62,11 @@ def orthogonalize(model: nn.Module, seed: int) -> nn.Module:
 
 def predicted_model(arch: Arch, ghn_path: str | Path, seed: int,
                     expect_decoder: str | None = None, *, dataset: str | None = None,
-                    tokenizer=None, keep_classifier: bool = False) -> nn.Module:
+                    tokenizer=None, keep_classifier: bool = False,
+                    init_noise: float = 0.0) -> nn.Module:
     """``arch`` with parameters predicted by the GHN checkpoint at ``ghn_path``, for ``dataset``
-    read with ``tokenizer`` (both optional: they decide what ``logah.transfer`` re-initialises)."""
+    read with ``tokenizer`` (both optional: they decide what ``logah.transfer`` re-initialises),
+    each weight matrix plus ``init_noise`` × its default init of ``seed``."""
     from logah.checkpoint import is_checkpoint, load_ghn
     from logah.predict import materialize, predict_params
     from logah.transfer import check_target, reinitialised
@@ -69,9 +83,12 @@ def predicted_model(arch: Arch, ghn_path: str | Path, seed: int,
                                                    tokenizer=tokenizer,
                                                    keep_classifier=keep_classifier)
                    if name in params]   # a tied LM head has no parameter of its own
-    if fresh_names:
-        fresh = dict(default_model(arch, seed).named_parameters())
-        params.update({name: fresh[name].detach() for name in fresh_names})
+    if fresh_names or init_noise:
+        fresh = {name: value.detach() for name, value in default_model(arch, seed).named_parameters()}
+        if init_noise:
+            params.update({name: value + init_noise * fresh[name] for name, value in params.items()
+                           if is_weight_matrix(name, value) and name not in fresh_names})
+        params.update({name: fresh[name] for name in fresh_names})
     return _trainable(materialize(arch, params))
 
 
@@ -94,10 +111,15 @@ def _trainable(model: nn.Module) -> nn.Module:
 
 def initial_model(arch: Arch, init: str, *, ghn: str | Path | None = None, seed: int = 0,
                   device: str | torch.device = "cpu", task=None,
-                  keep_classifier: bool = False) -> nn.Module:
+                  keep_classifier: bool = False, init_noise: float = 0.0) -> nn.Module:
     """``arch`` initialised by ``init`` (one of ``INIT_KINDS`` or a predicted-parameters folder).
     ``task`` (``logah.tasks``): the data the target is for, which a GHN init's transfer rules
-    read (``logah.transfer``)."""
+    read (``logah.transfer``). ``init_noise``: GHN inits only (see the module docstring)."""
+    if not init_noise >= 0:   # NaN too
+        raise LogahError(f"init_noise must be a number ≥ 0, got {init_noise!r}")
+    if init_noise and init not in GHN_INITS:
+        raise LogahError(f"init_noise perturbs a GHN prediction; init {init!r} has none (use "
+                         f"{' or '.join(GHN_INITS)})")
     if init == "random":
         model = default_model(arch, seed)
     elif init == "orthogonal":
@@ -108,7 +130,7 @@ def initial_model(arch: Arch, init: str, *, ghn: str | Path | None = None, seed:
         model = predicted_model(arch, ghn, seed, GHN_INITS[init],
                                 dataset=task.data.dataset if task is not None else None,
                                 tokenizer=getattr(task, "tokenizer", None),
-                                keep_classifier=keep_classifier)
+                                keep_classifier=keep_classifier, init_noise=init_noise)
     elif Path(init).is_dir():
         model = saved_model(arch, init)
     else:

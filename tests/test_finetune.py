@@ -13,7 +13,7 @@ from logah.cli import main
 from logah.errors import LogahError
 from logah.finetune import (FinetuneConfig, Finetuner, evaluate_init, export_finetuned, finetune,
                             load_finetuned)
-from logah.inits import INIT_KINDS, initial_model
+from logah.inits import INIT_KINDS, default_model, initial_model
 from logah.predict import predict_params
 from logah.checkpoint import load_ghn
 from logah.presets import get_preset
@@ -98,6 +98,30 @@ def test_ghn_init_holds_the_predicted_parameters(ghns):
         torch.testing.assert_close(param.detach(), predicted[name], msg=name)
     with pytest.raises(LogahError, match="needs the tiled one"):
         initial_model(SMALL_VIT, "ghn3", ghn=folder)
+
+
+def test_init_noise_adds_the_seeded_default_init_to_every_predicted_weight_matrix(ghns):
+    folder = ghns["vit", "low-rank"]
+    rank = load_ghn(folder).config.rank
+    model = initial_model(SMALL_VIT, "logah", ghn=folder, seed=3, init_noise=0.5)
+    predicted = predict_params(load_ghn(folder), SMALL_VIT)
+    default = dict(default_model(SMALL_VIT, seed=3).named_parameters())
+    params = dict(model.named_parameters())
+    matrices = [n for n, p in params.items() if n.endswith("weight") and p.dim() >= 2]
+    assert "conv_proj.weight" in matrices and "heads.head.weight" in matrices
+    for name, param in params.items():
+        expected = predicted[name] + 0.5 * default[name] if name in matrices else predicted[name]
+        torch.testing.assert_close(param.detach(), expected, msg=name)
+    # the prediction's rank is at most the decoder's; the perturbed matrix is full rank
+    name = "encoder.layers.encoder_layer_0.self_attention.out_proj.weight"    # 32 x 32
+    assert rank < 32 and torch.linalg.matrix_rank(predicted[name]) <= rank
+    assert torch.linalg.matrix_rank(params[name].detach()) == 32
+    for init, noise, message in (("random", 0.5, "has none"), ("logah", -0.1, "≥ 0"),
+                                 ("logah", float("nan"), "≥ 0")):
+        with pytest.raises(LogahError, match=message):
+            initial_model(SMALL_VIT, init, ghn=folder, init_noise=noise)
+    with pytest.raises(LogahError, match="init_noise"):
+        ft_config("vit", init="logah", ghn=str(folder), init_noise=-1.0).validate()
 
 
 def test_transfer_to_a_dataset_with_more_classes_reinitialises_the_classifier(ghns, tmp_path):
