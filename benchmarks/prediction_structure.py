@@ -1,0 +1,85 @@
+"""What a GHN's prediction looks like next to the target's default init, per weight-matrix role.
+
+    .venv/bin/python benchmarks/prediction_structure.py GHN [GHN ...] --target vit-cpu-target
+
+For each role of a weight matrix (the parameter name with its layer index replaced by ``*``, e.g.
+``encoder.layers.encoder_layer_*.mlp.0.weight``) and each GHN checkpoint: the numerical rank
+(singular values above 1e-3 of the largest; mean over layers), the RMS of the prediction and of
+the library's default init (seed 0), and how alike the layers are: the mean cosine similarity of
+the role's matrix in every pair of layers (1.0: every layer gets the same weights; about 0 for a
+random init). Why it matters: a prediction whose matrices have rank r and are copies of one
+another across depth is a weight-tied, low-rank network, and fine-tuning has to break both
+(benchmarks/results/init_study.md). Prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import re
+import warnings
+from collections import defaultdict
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+from logah.inits import default_model, is_weight_matrix, predicted_model  # noqa: E402
+from logah.targets import resolve_target  # noqa: E402
+
+# the first number of a parameter name is its block's index in ViTs and GPT-2s alike:
+# encoder.layers.encoder_layer_3.mlp.0.weight, transformer.h.3.mlp.c_fc.weight
+LAYER_INDEX = re.compile(r"\d+")
+
+
+def numerical_rank(matrix: torch.Tensor) -> int:
+    values = torch.linalg.svdvals(matrix.reshape(matrix.shape[0], -1).double())
+    return int((values > 1e-3 * values[0]).sum())
+
+
+def rms(tensors: list[torch.Tensor]) -> float:
+    return float(torch.cat([t.flatten() for t in tensors]).pow(2).mean().sqrt())
+
+
+def layer_similarity(tensors: list[torch.Tensor]) -> float:
+    pairs = list(itertools.combinations(tensors, 2))
+    if not pairs:
+        return float("nan")
+    return sum(float(torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0))
+               for a, b in pairs) / len(pairs)
+
+
+def roles(model: torch.nn.Module) -> dict[str, list[torch.Tensor]]:
+    grouped = defaultdict(list)
+    for name, param in model.named_parameters():
+        if is_weight_matrix(name, param):
+            grouped[LAYER_INDEX.sub("*", name, count=1)].append(param.detach())
+    return grouped
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("ghns", nargs="+", help="GHN checkpoint folders")
+    parser.add_argument("--target", default="vit-cpu-target")
+    args = parser.parse_args()
+    arch = resolve_target(args.target)
+    default = roles(default_model(arch, seed=0))
+    print(f"target {args.target}; default init: seed 0\n")
+    print("| role | layers | GHN | rank (of min dim) | RMS predicted / default "
+          "| layer similarity predicted / default |")
+    print("|---|---|---|---|---|---|")
+    for ghn in args.ghns:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")       # targets outside the space warn; known here
+            predicted = roles(predicted_model(arch, ghn, seed=0))
+        for role, tensors in predicted.items():
+            ranks = [numerical_rank(t) for t in tensors]
+            print(f"| `{role}` | {len(tensors)} | {os.path.basename(ghn.rstrip('/'))} "
+                  f"| {sum(ranks) / len(ranks):.0f} (of {min(tensors[0].shape[0], tensors[0][0].numel())}) "
+                  f"| {rms(tensors):.4f} / {rms(default[role]):.4f} "
+                  f"| {layer_similarity(tensors):.4f} / {layer_similarity(default[role]):.4f} |")
+
+
+if __name__ == "__main__":
+    main()
