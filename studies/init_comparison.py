@@ -33,7 +33,7 @@ STUDY = Study(
              "GHN-3 or LoGAH?",
     space={
         "smoke": {"init": INITS, "finetune.seed": Choice(0, 1)},
-        "cpu:vit": {"init": INITS, "seed": SEEDS, "finetune.lr": Choice(0.01, 0.02, 0.05)},
+        "cpu:vit": {"init": INITS, "seed": SEEDS, "finetune.lr": Choice(0.02, 0.05, 0.1)},
         "cpu:gpt2": {"init": INITS, "seed": SEEDS, "finetune.lr": Choice(2e-4, 5e-4, 1e-3)},
         "paper:vit": {"init": PAPER_INITS, "finetune.seed": Choice(0, 1, 2),
                       "finetune.lr": Choice(0.01, 0.02, 0.05, 0.1)},
