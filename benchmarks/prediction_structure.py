@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/prediction_structure.py GHN [GHN ...] --target vit-cpu-target
 
-For each role of a weight matrix (the parameter name with its layer index replaced by ``*``, e.g.
+GHN: a checkpoint folder, or a preset name for an untrained GHN of that preset (seed 0). For each
+role of a weight matrix (the parameter name with its layer index replaced by ``*``, e.g.
 ``encoder.layers.encoder_layer_*.mlp.0.weight``) and each GHN checkpoint: the numerical rank
 (singular values above 1e-3 of the largest; mean over layers), the RMS of the prediction and of
 the library's default init (seed 0), and how alike the layers are: the mean cosine similarity of
@@ -18,14 +19,15 @@ import argparse
 import itertools
 import os
 import re
-import warnings
 from collections import defaultdict
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from logah.inits import default_model, is_weight_matrix, predicted_model  # noqa: E402
+from logah.checkpoint import resolve_ghn  # noqa: E402
+from logah.inits import default_model, is_weight_matrix  # noqa: E402
+from logah.predict import materialize, predict_params  # noqa: E402
 from logah.targets import resolve_target  # noqa: E402
 
 # the first number of a parameter name is its block's index in ViTs and GPT-2s alike:
@@ -60,7 +62,7 @@ def roles(model: torch.nn.Module) -> dict[str, list[torch.Tensor]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("ghns", nargs="+", help="GHN checkpoint folders")
+    parser.add_argument("ghns", nargs="+", help="GHN checkpoint folders or preset names")
     parser.add_argument("--target", default="vit-cpu-target")
     args = parser.parse_args()
     arch = resolve_target(args.target)
@@ -70,9 +72,7 @@ def main() -> None:
           "| layer similarity predicted / default |")
     print("|---|---|---|---|---|---|")
     for ghn in args.ghns:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")       # targets outside the space warn; known here
-            predicted = roles(predicted_model(arch, ghn, seed=0))
+        predicted = roles(materialize(arch, predict_params(resolve_ghn(ghn), arch)))
         for role, tensors in predicted.items():
             ranks = [numerical_rank(t) for t in tensors]
             print(f"| `{role}` | {len(tensors)} | {os.path.basename(ghn.rstrip('/'))} "
