@@ -27,7 +27,7 @@ import torch  # noqa: E402
 
 from logah.checkpoint import resolve_ghn  # noqa: E402
 from logah.inits import default_model, is_weight_matrix  # noqa: E402
-from logah.predict import materialize, predict_params  # noqa: E402
+from logah.predict import predict_params  # noqa: E402
 from logah.targets import resolve_target  # noqa: E402
 
 # the first number of a parameter name is its block's index in ViTs and GPT-2s alike:
@@ -52,9 +52,10 @@ def layer_similarity(tensors: list[torch.Tensor]) -> float:
                for a, b in pairs) / len(pairs)
 
 
-def roles(model: torch.nn.Module) -> dict[str, list[torch.Tensor]]:
+def roles(params) -> dict[str, list[torch.Tensor]]:
+    """(name, tensor) pairs grouped by role: the name with its layer index replaced by ``*``."""
     grouped = defaultdict(list)
-    for name, param in model.named_parameters():
+    for name, param in params:
         if is_weight_matrix(name, param):
             grouped[LAYER_INDEX.sub("*", name, count=1)].append(param.detach())
     return grouped
@@ -66,13 +67,13 @@ def main() -> None:
     parser.add_argument("--target", default="vit-cpu-target")
     args = parser.parse_args()
     arch = resolve_target(args.target)
-    default = roles(default_model(arch, seed=0))
+    default = roles(default_model(arch, seed=0).named_parameters())
     print(f"target {args.target}; default init: seed 0\n")
     print("| role | layers | GHN | rank (of min dim) | RMS predicted / default "
           "| layer similarity predicted / default |")
     print("|---|---|---|---|---|---|")
     for ghn in args.ghns:
-        predicted = roles(materialize(arch, predict_params(resolve_ghn(ghn), arch)))
+        predicted = roles(predict_params(resolve_ghn(ghn), arch).items())
         for role, tensors in predicted.items():
             ranks = [numerical_rank(t) for t in tensors]
             print(f"| `{role}` | {len(tensors)} | {os.path.basename(ghn.rstrip('/'))} "

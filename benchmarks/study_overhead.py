@@ -22,12 +22,14 @@ from pathlib import Path
 
 import pandas as pd
 
+from logah.study.tables import ghn_store_of
+
 
 def overhead(study_dir: Path) -> dict:
     info = json.loads((study_dir / "study.json").read_text())
     trials = pd.read_parquet(study_dir / "trials.parquet")
     done = trials[trials["status"] == "COMPLETE"]
-    store = Path(info.get("ghn_store") or study_dir / "ghns")
+    store = ghn_store_of(study_dir, info)
     trained_here = set(trials.loc[~trials["ghn_reused"].astype(bool), "ghn_key"]) - {""}
     ghn = {p.parent.name: json.loads(p.read_text())["wall_s"]
            for p in store.glob("*/store.json") if p.parent.name in trained_here}

@@ -40,7 +40,7 @@ import torch.distributed as dist
 
 from logah.devices import check_memory, resolve_device
 from logah.errors import LogahError
-from logah.inits import initial_model
+from logah.inits import check_init_noise, initial_model
 from logah.io import FRACTION, NON_NEGATIVE, POSITIVE, SEED, ConfigRecord
 from logah.predict import load_predicted, save_prediction
 from logah.progress import progress_bar
@@ -96,6 +96,7 @@ class FinetuneConfig(ConfigRecord):
         self.arch.validate()
         if self.optimizer not in ("sgd", "adamw"):
             raise LogahError(f"finetune config: optimizer must be sgd or adamw, got {self.optimizer!r}")
+        check_init_noise(self.init, self.init_noise)   # a study refuses it before any trial
 
 
 # Optimisation settings. ``*-paper``: DESIGN.md §3.5 (ViT: SGD, momentum 0.9, wd 1e-2, cosine,

@@ -109,17 +109,22 @@ def _trainable(model: nn.Module) -> nn.Module:
     return model
 
 
+def check_init_noise(init: str, init_noise: float) -> None:
+    """``init_noise`` is a number ≥ 0, and > 0 only for a GHN init (it perturbs a prediction)."""
+    if not init_noise >= 0:   # NaN too
+        raise LogahError(f"init_noise must be a number ≥ 0, got {init_noise!r}")
+    if init_noise and init not in GHN_INITS:
+        raise LogahError(f"init_noise perturbs a GHN prediction; init {init!r} has none (use "
+                         f"{' or '.join(GHN_INITS)})")
+
+
 def initial_model(arch: Arch, init: str, *, ghn: str | Path | None = None, seed: int = 0,
                   device: str | torch.device = "cpu", task=None,
                   keep_classifier: bool = False, init_noise: float = 0.0) -> nn.Module:
     """``arch`` initialised by ``init`` (one of ``INIT_KINDS`` or a predicted-parameters folder).
     ``task`` (``logah.tasks``): the data the target is for, which a GHN init's transfer rules
     read (``logah.transfer``). ``init_noise``: GHN inits only (see the module docstring)."""
-    if not init_noise >= 0:   # NaN too
-        raise LogahError(f"init_noise must be a number ≥ 0, got {init_noise!r}")
-    if init_noise and init not in GHN_INITS:
-        raise LogahError(f"init_noise perturbs a GHN prediction; init {init!r} has none (use "
-                         f"{' or '.join(GHN_INITS)})")
+    check_init_noise(init, init_noise)
     if init == "random":
         model = default_model(arch, seed)
     elif init == "orthogonal":

@@ -122,6 +122,8 @@ def test_init_noise_adds_the_seeded_default_init_to_every_predicted_weight_matri
             initial_model(SMALL_VIT, init, ghn=folder, init_noise=noise)
     with pytest.raises(LogahError, match="init_noise"):
         ft_config("vit", init="logah", ghn=str(folder), init_noise=-1.0).validate()
+    with pytest.raises(LogahError, match="has none"):     # refused by the config, before a run
+        ft_config("vit", init="random", init_noise=0.5).validate()
 
 
 def test_transfer_to_a_dataset_with_more_classes_reinitialises_the_classifier(ghns, tmp_path):

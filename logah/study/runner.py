@@ -39,8 +39,8 @@ from logah.finetune import summarize
 from logah.ghn_store import config_key
 from logah.io import read_json, write_json
 from logah.study.spec import StudyPlan, ghn_params
-from logah.study.tables import (STUDY_FILE, TRIALS_DIR, now, read_metrics, read_record,
-                                write_record, write_tables)
+from logah.study.tables import (STUDY_FILE, TRIALS_DIR, ghn_store_of, now, read_metrics,
+                                read_record, write_record, write_tables)
 from logah.trial import run_trial
 
 TUNE_DIR = "tune"
@@ -286,6 +286,9 @@ def _check_folder(plan: StudyPlan) -> None:
         if saved.get("swept") != sorted(plan.space) or saved.get("search") != _search_name(plan):
             raise LogahError(f"cannot resume {plan.study_dir}: it was run with another search "
                              f"space or search (swept {saved.get('swept')})")
+        if ghn_store_of(plan.study_dir, saved) != plan.ghn_store:   # its GHNs would be retrained
+            raise LogahError(f"cannot resume {plan.study_dir}: its GHNs are in "
+                             f"{ghn_store_of(plan.study_dir, saved)} (give --ghn-store that folder)")
     elif plan.study_dir.exists() and any(plan.study_dir.iterdir()):
         raise LogahError(f"study folder {plan.study_dir} already exists (use --resume to "
                          f"continue it, or another --name)")

@@ -110,13 +110,19 @@ def study_record(study_dir: Path) -> dict:
     return read_json(path, "study record") if path.is_file() else {}
 
 
-def collect(study_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The trial and step tables of ``study_dir`` as they stand on disk."""
+def ghn_store_of(study_dir: Path, record: dict) -> Path:
+    """Where the GHNs of the study with ``record`` (its study.json) are: ``--ghn-store`` shares
+    them with other studies; by default they are the study folder's own."""
+    return Path(record.get("ghn_store") or study_dir / GHNS_DIR)
+
+
+def collect(study_dir: Path, record: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The trial and step tables of ``study_dir`` (whose study.json is ``record``) as they stand
+    on disk."""
     records = [r for folder in sorted((study_dir / TRIALS_DIR).glob("*"))
                if (r := read_record(folder)) is not None]
     records.sort(key=lambda r: (r.get("started_at") or "", r["trial_id"]))
-    # a study may share its GHNs with others (``--ghn-store``); study.json says where they are
-    ghn_store = Path(study_record(study_dir).get("ghn_store") or study_dir / GHNS_DIR)
+    ghn_store = ghn_store_of(study_dir, record)
     trials = pd.DataFrame([trial_row(r) for r in records])
     steps = pd.DataFrame([row for r in records for row in step_rows(study_dir, r, ghn_store)])
     return trials, steps
@@ -125,8 +131,9 @@ def collect(study_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 def write_tables(study_dir: Path) -> pd.DataFrame:
     """Rebuild and atomically write ``trials.parquet``, ``trials.csv`` and ``steps.parquet``;
     a study with several objectives gets a ``pareto`` column (its Pareto front)."""
-    trials, steps = collect(study_dir)
-    objectives = study_record(study_dir).get("objectives", [])
+    record = study_record(study_dir)
+    trials, steps = collect(study_dir, record)
+    objectives = record.get("objectives", [])
     if len(objectives) > 1 and not trials.empty:
         done = trials["status"] == "COMPLETE"
         trials["pareto"] = pareto_mask(trials.where(done), objectives)
