@@ -34,7 +34,7 @@ STUDY = Study(
     space={
         "smoke": {"init": INITS, "finetune.seed": Choice(0, 1)},
         "cpu:vit": {"init": INITS, "seed": SEEDS, "finetune.lr": Choice(0.02, 0.05, 0.1)},
-        "cpu:gpt2": {"init": INITS, "seed": SEEDS, "finetune.lr": Choice(1e-3, 2e-3, 4e-3)},
+        "cpu:gpt2": {"init": INITS, "seed": SEEDS, "finetune.lr": Choice(2e-3, 4e-3, 8e-3)},
         "paper:vit": {"init": PAPER_INITS, "finetune.seed": Choice(0, 1, 2),
                       "finetune.lr": Choice(0.01, 0.02, 0.05, 0.1)},
         "paper:gpt2": {"init": PAPER_INITS, "finetune.seed": Choice(0, 1, 2),

@@ -180,6 +180,24 @@ def test_smoke_rank_sweep_tables_failures_and_shared_ghns(smoke_study):
     assert {states[i] for i in done["trial_id"]} == {"COMPLETE"}
 
 
+@pytest.mark.parametrize("change, message", [
+    (["--set", "ghn_training.steps=31"], "ghn_training.steps: 30 then, 31 now"),
+    (["--ghn-store", "{other}"], "its GHNs are in"),
+])
+def test_a_resume_with_other_settings_is_refused(smoke_study, change, message, tmp_path, capsys):
+    """Resumed trials would run with other settings (or retrain their GHNs elsewhere) than the
+    finished ones: refused before anything is written."""
+    args = ["--preset", "smoke", "--storage", str(smoke_study.parent), "--name", smoke_study.name,
+            "--sweep", "finetune.data.batch_size=32,100000", "--resume",
+            *[arg.format(other=tmp_path / "ghns") for arg in change]]
+    before = {p: p.stat().st_mtime_ns for p in smoke_study.rglob("*")}
+    assert main(load_study("rank_sweep"), args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot resume" in err[0] and message in err[0]
+    assert {p: p.stat().st_mtime_ns for p in smoke_study.rglob("*")} == before
+    assert not (tmp_path / "ghns").exists()
+
+
 def trial_records(folder: Path) -> dict[str, dict]:
     records = {}
     for path in (folder / "trials").glob("*/record.json"):

@@ -24,6 +24,7 @@ checkpoints.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import time
 from pathlib import Path
@@ -38,6 +39,7 @@ from logah.errors import LogahError
 from logah.finetune import summarize
 from logah.ghn_store import config_key
 from logah.io import read_json, write_json
+from logah.study.space import flatten
 from logah.study.spec import StudyPlan, ghn_params
 from logah.study.tables import (STUDY_FILE, TRIALS_DIR, ghn_store_of, now, read_metrics,
                                 read_record, write_record, write_tables)
@@ -289,6 +291,10 @@ def _check_folder(plan: StudyPlan) -> None:
         if ghn_store_of(plan.study_dir, saved) != plan.ghn_store:   # its GHNs would be retrained
             raise LogahError(f"cannot resume {plan.study_dir}: its GHNs are in "
                              f"{ghn_store_of(plan.study_dir, saved)} (give --ghn-store that folder)")
+        changed = _changed_settings(saved.get("trial"), _base_record(plan))
+        if changed:     # unfinished trials would run with other settings than the finished ones
+            raise LogahError(f"cannot resume {plan.study_dir}: its trials started from other "
+                             f"settings ({changed}); give those with --set")
     elif plan.study_dir.exists() and any(plan.study_dir.iterdir()):
         raise LogahError(f"study folder {plan.study_dir} already exists (use --resume to "
                          f"continue it, or another --name)")
@@ -313,6 +319,22 @@ def _search_name(plan: StudyPlan) -> str:
     return "nsga2" if len(plan.objectives) > 1 else plan.search
 
 
+def _base_record(plan: StudyPlan) -> dict:
+    """The trial every sample starts from (preset and --set), as study.json stores it."""
+    return json.loads(json.dumps(plan.trial_config({}).to_dict()))
+
+
+def _changed_settings(saved: dict | None, current: dict) -> str:
+    """``"a.b: 1 then, 2 now; ..."`` for the settings that differ (empty when none do, or for a
+    study recorded before study.json kept its base trial)."""
+    if saved is None:
+        return ""
+    before, after = flatten(saved), flatten(current)
+    names = sorted(name for name in before.keys() | after.keys()
+                   if before.get(name) != after.get(name))
+    return "; ".join(f"{name}: {before.get(name)} then, {after.get(name)} now" for name in names)
+
+
 def _study_record(plan: StudyPlan, **extra) -> dict:
     return {"name": plan.name, "script": plan.study.name, "question": plan.study.question,
             "preset": plan.options.preset, "task": plan.task, "objectives": plan.objectives,
@@ -323,7 +345,7 @@ def _study_record(plan: StudyPlan, **extra) -> dict:
             "search": _search_name(plan),
             "scheduler": plan.options.scheduler, "train_workers": plan.options.train_workers,
             "optuna_storage": plan.optuna_storage, "optuna_study_name": plan.name,
-            "ghn_store": str(plan.ghn_store), **extra}
+            "ghn_store": str(plan.ghn_store), "trial": _base_record(plan), **extra}
 
 
 def run_study(plan: StudyPlan) -> pd.DataFrame:
