@@ -2,7 +2,7 @@
 predicted-then-fine-tuned target (the paper's main ablation; ViT or GPT-2 targets).
 
     python studies/rank_sweep.py --preset smoke                 # minutes, 2 CPU cores
-    python studies/rank_sweep.py --preset cpu --task gpt2       # about an hour on 2 cores
+    python studies/rank_sweep.py --preset cpu --task gpt2       # about two hours on 2 cores
     ray job submit --working-dir . -- python studies/rank_sweep.py --preset paper --gpu \\
         --storage /shared/studies                                 # a GPU cluster
 """
