@@ -38,7 +38,7 @@ from ray.tune.search.optuna import OptunaSearch
 from logah.errors import LogahError
 from logah.finetune import summarize
 from logah.ghn_store import config_key
-from logah.io import read_json, write_json
+from logah.io import dumps, read_json, write_json
 from logah.study.space import flatten
 from logah.study.spec import StudyPlan, ghn_params
 from logah.study.tables import (STUDY_FILE, TRIALS_DIR, ghn_store_of, now, read_metrics,
@@ -288,9 +288,10 @@ def _check_folder(plan: StudyPlan) -> None:
         if saved.get("swept") != sorted(plan.space) or saved.get("search") != _search_name(plan):
             raise LogahError(f"cannot resume {plan.study_dir}: it was run with another search "
                              f"space or search (swept {saved.get('swept')})")
-        if ghn_store_of(plan.study_dir, saved) != plan.ghn_store:   # its GHNs would be retrained
-            raise LogahError(f"cannot resume {plan.study_dir}: its GHNs are in "
-                             f"{ghn_store_of(plan.study_dir, saved)} (give --ghn-store that folder)")
+        saved_store = ghn_store_of(plan.study_dir, saved)
+        if saved_store != plan.ghn_store:                           # its GHNs would be retrained
+            raise LogahError(f"cannot resume {plan.study_dir}: its GHNs are in {saved_store} "
+                             f"(give --ghn-store that folder)")
         changed = _changed_settings(saved.get("trial"), _base_record(plan))
         if changed:     # unfinished trials would run with other settings than the finished ones
             raise LogahError(f"cannot resume {plan.study_dir}: its trials started from other "
@@ -320,8 +321,9 @@ def _search_name(plan: StudyPlan) -> str:
 
 
 def _base_record(plan: StudyPlan) -> dict:
-    """The trial every sample starts from (preset and --set), as study.json stores it."""
-    return json.loads(json.dumps(plan.trial_config({}).to_dict()))
+    """The trial every sample starts from (preset and --set), as study.json stores it (through
+    ``logah.io.dumps``, so a saved record and a current one compare equal when nothing changed)."""
+    return json.loads(dumps(plan.trial_config({}).to_dict()))
 
 
 def _changed_settings(saved: dict | None, current: dict) -> str:
@@ -336,16 +338,17 @@ def _changed_settings(saved: dict | None, current: dict) -> str:
 
 
 def _study_record(plan: StudyPlan, **extra) -> dict:
+    trial = _base_record(plan)
     return {"name": plan.name, "script": plan.study.name, "question": plan.study.question,
             "preset": plan.options.preset, "task": plan.task, "objectives": plan.objectives,
             "swept": sorted(plan.space), "fixed": plan.fixed,
-            "target": plan.trial_config({}).finetune.target,
-            "dataset": plan.trial_config({}).finetune.data.dataset,
+            "target": trial["finetune"]["target"],
+            "dataset": trial["finetune"]["data"]["dataset"],
             "num_samples": plan.num_samples,
             "search": _search_name(plan),
             "scheduler": plan.options.scheduler, "train_workers": plan.options.train_workers,
             "optuna_storage": plan.optuna_storage, "optuna_study_name": plan.name,
-            "ghn_store": str(plan.ghn_store), "trial": _base_record(plan), **extra}
+            "ghn_store": str(plan.ghn_store), "trial": trial, **extra}
 
 
 def run_study(plan: StudyPlan) -> pd.DataFrame:

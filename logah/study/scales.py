@@ -2,8 +2,8 @@
 
     smoke  minutes on 2 CPU cores, real offline data; proves the pipeline, means little
     cpu    an honest CPU study (one to two hours on 2 cores): GHNs trained for 1200 steps
-           (5-10 minutes each), targets deeper and wider than the training space, fine-tuned
-           for 200 steps
+           (about 4 minutes for ViT, 7 for GPT-2, alone on 2 cores), targets deeper and wider
+           than the training space, fine-tuned for 200 steps
     paper  the paper's setting (DESIGN.md §3.5) for a GPU cluster: paper GHN presets,
            ViTs-1K / GPTs-1K, CIFAR-100 / WikiText-103, paper budgets and fine-tuning presets
 
