@@ -14,7 +14,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from logah.checkpoint import load_ghn  # noqa: E402
 from logah.predict import bound_forward, predict_params  # noqa: E402
-from logah.targets import ViTArch, build_model  # noqa: E402
+from logah.families.vit import ViTArch  # noqa: E402
+from logah.targets import build_model  # noqa: E402
 from logah.tasks import DataConfig, make_task  # noqa: E402
 
 SHAPES = [(4, 48), (4, 64), (6, 64), (4, 96), (2, 96), (6, 96), (8, 128)]

@@ -22,10 +22,9 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from logah.archs import CPU_TARGETS  # noqa: E402
 from logah.finetune import FinetuneConfig, finetune_preset  # noqa: E402
 from logah.io import write_json  # noqa: E402
-from logah.targets import arch_to_dict  # noqa: E402
+from logah.targets import NAMED_TARGETS, arch_to_dict  # noqa: E402
 from logah.tasks import DataConfig  # noqa: E402
 from logah.trial import TrialConfig, run_trial  # noqa: E402
 
@@ -50,7 +49,7 @@ def trial_config(task: str, variant: str, seed: int, steps: int, ghns: Path,
         settings["lr"] = lr
     init, prefix = VARIANTS[variant]
     ghn = str(ghns / f"ghn-{prefix}-{task}") if prefix else None
-    tuning = FinetuneConfig(target=arch_to_dict(CPU_TARGETS[spec["target"]]), init=init,
+    tuning = FinetuneConfig(target=arch_to_dict(NAMED_TARGETS[spec["target"]]), init=init,
                             data=spec["data"], seed=seed, **settings)
     return TrialConfig(finetune=tuning, ghn_checkpoint=ghn)
 

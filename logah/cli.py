@@ -49,10 +49,10 @@ def _cmd_ghn_info(args: argparse.Namespace) -> None:
 
 def _cmd_predict(args: argparse.Namespace) -> None:
     from logah.checkpoint import is_checkpoint, resolve_ghn
-    from logah.transfer import check_target
     from logah.graph import graph_of
-    from logah.predict import predict_params, save_prediction
-    from logah.targets import count_params, resolve_target
+    from logah.predict import predict_to_folder
+    from logah.targets import resolve_target
+    from logah.transfer import check_target
 
     arch = resolve_target(args.target)
     if is_checkpoint(args.ghn):
@@ -60,12 +60,17 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     ghn = resolve_ghn(args.ghn, args.device)
     timer = _Timer(ghn)
     graph = timer("traced", lambda: graph_of(arch, ghn.config.edge_cutoff))   # imports included
-    params = timer("predicted", lambda: predict_params(ghn, arch, graph=graph))
-    out = timer("saved", lambda: save_prediction(arch, params, args.out, overwrite=args.overwrite))
-    print(f"predicted {count_params(arch) / 1e6:.1f}M parameters of {args.target} in "
-          f"{timer.seconds['predicted']:.2f} s (graph traced in {timer.seconds['traced']:.2f} s, "
-          f"saved in {timer.seconds['saved']:.2f} s)")
-    print(f"output: {out}")
+    written = timer("predicted", lambda: predict_to_folder(ghn, arch, args.out, graph=graph,
+                                                           dtype=args.dtype,
+                                                           overwrite=args.overwrite))
+    print(f"predicted {written.num_params / 1e6:,.1f}M parameters of {args.target} and wrote "
+          f"{_size(written.bytes_written)} ({args.dtype}) in "
+          f"{timer.seconds['predicted']:.2f} s (graph traced in {timer.seconds['traced']:.2f} s)")
+    print(f"output: {written.path}")
+
+
+def _size(nbytes: int) -> str:
+    return f"{nbytes / 2**30:.2f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MiB"
 
 
 class _Timer:
@@ -108,7 +113,16 @@ def _default(value, default):
 
 def _default_dataset(family: str) -> str:
     """The offline dataset a family trains on when --data is not given."""
-    return "fashion-mnist" if family == "vit" else "shakespeare"
+    from logah.families import get_family
+
+    return get_family(family).default_dataset
+
+
+def _batch_size(arch, given: int | None, images: int, blocks: int) -> int:
+    """``given``, else the default for the target's data: ``images`` or ``blocks`` of text."""
+    from logah.families import IMAGE, family_of
+
+    return _default(given, images if family_of(arch).data_kind == IMAGE else blocks)
 
 
 def _train_config(args: argparse.Namespace):
@@ -159,18 +173,17 @@ def _cmd_train_ghn(args: argparse.Namespace) -> None:
 
 def _finetune_config(args: argparse.Namespace):
     from logah.finetune import FinetuneConfig, finetune_preset
-    from logah.targets import ViTArch, arch_to_dict, resolve_target
+    from logah.targets import arch_to_dict, resolve_target
     from logah.tasks import DataConfig
 
     arch = resolve_target(args.target)
-    is_vit = isinstance(arch, ViTArch)
-    settings = finetune_preset(args.preset or ("vit-cpu" if is_vit else "gpt2-cpu"))
+    settings = finetune_preset(args.preset or f"{arch.family}-cpu")
     overrides = {"optimizer": args.optimizer, "lr": args.lr, "weight_decay": args.weight_decay,
                  "warmup_steps": args.warmup, "steps": args.steps, "grad_clip": args.grad_clip,
                  "eval_every": args.eval_every}
     settings.update({k: v for k, v in overrides.items() if v is not None})
     data = DataConfig(dataset=args.data or _default_dataset(arch.family),
-                      batch_size=_default(args.batch_size, 64 if is_vit else 16),
+                      batch_size=_batch_size(arch, args.batch_size, 64, 16),
                       block_size=args.block_size, tokenizer=args.tokenizer,
                       eval_batches=args.eval_batches)
     config = FinetuneConfig(target=arch_to_dict(arch), init=args.init, ghn=args.ghn, data=data,
@@ -204,13 +217,12 @@ def _cmd_finetune(args: argparse.Namespace) -> None:
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     from logah.finetune import evaluate_init
-    from logah.targets import ViTArch, resolve_target
+    from logah.targets import resolve_target
     from logah.tasks import DataConfig
 
     arch = resolve_target(args.target)
-    is_vit = isinstance(arch, ViTArch)
     data = DataConfig(dataset=args.data or _default_dataset(arch.family),
-                      batch_size=_default(args.batch_size, 256 if is_vit else 16),
+                      batch_size=_batch_size(arch, args.batch_size, 256, 16),
                       block_size=args.block_size, tokenizer=args.tokenizer,
                       eval_split=args.split, eval_batches=args.eval_batches)
     metrics = evaluate_init(arch, args.init, data, ghn=args.ghn, seed=args.seed,
@@ -249,10 +261,9 @@ def _ray_options(args: argparse.Namespace) -> dict:
 
 def _cmd_demo(args: argparse.Namespace) -> None:
     from logah.checkpoint import resolve_ghn
-    from logah.predict import predict_params, save_prediction
-    from logah.targets import NAMED_TARGETS
-
     from logah.io import check_replaceable
+    from logah.predict import predict_to_folder
+    from logah.targets import resolve_target
 
     out = Path(args.out)
     names = ("vit-s", "gpt2-s")
@@ -261,11 +272,9 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     ghn = resolve_ghn("logah-t")
     for name in names:
         start = time.perf_counter()
-        params = predict_params(ghn, NAMED_TARGETS[name])
-        save_prediction(NAMED_TARGETS[name], params, out / name, overwrite=args.overwrite)
-        total = sum(t.numel() for t in params.values())
-        print(f"{name}: predicted {total / 1e6:.1f}M parameters with an untrained logah-t "
-              f"in {time.perf_counter() - start:.1f}s -> {out / name}")
+        written = predict_to_folder(ghn, resolve_target(name), out / name, overwrite=args.overwrite)
+        print(f"{name}: predicted {written.num_params / 1e6:.1f}M parameters with an untrained "
+              f"logah-t in {time.perf_counter() - start:.1f}s -> {out / name}")
     print(f"demo output: {out.resolve()}")
 
 
@@ -338,6 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a named target (see below) or an architecture .json file")
     p.add_argument("--out", required=True, help="output folder (written atomically)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="dtype of the saved weights (each tensor is predicted and written on its "
+                        "own, so memory stays small whatever the target's size)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.set_defaults(func=_cmd_predict)
 
@@ -384,8 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("finetune", help="fine-tune a target from an init (random, orthogonal, "
                        "ghn3, logah or a predicted folder)")
     _add_target_options(p, default_init="random")
-    p.add_argument("--preset", help="optimisation preset: vit-cpu, gpt2-cpu, vit-paper, gpt2-paper "
-                   "(default: the CPU one of the target's family)")
+    p.add_argument("--preset", help="optimisation preset: FAMILY-cpu or FAMILY-paper (vit-cpu, "
+                   "gpt2-paper, llama-cpu, ...; default: the CPU one of the target's family)")
     p.add_argument("--optimizer", choices=["sgd", "adamw"])
     p.add_argument("--lr", type=float)
     p.add_argument("--weight-decay", type=float)

@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -66,12 +67,36 @@ class DecodeTask:
     row: int
     shape: tuple[int, int, int, int]
     is_vector: bool = False        # 1-D parameters (bias, or a norm's weight+bias)
-    is_norm: bool = False          # a LayerNorm node: first half weight, second half bias
+    norm_parts: int = 0            # a norm node: its vectors stacked (LayerNorm 2: weight then
+                                   # bias; RMSNorm 1: weight); 0 for anything else
     is_output: bool = False        # the classifier / LM head (tiled decoder's class head)
     scale: float = 1.0             # multiplies the result; folded into a small factor, not the tensor
     normalize: bool = False        # rescale the raw matrix to unit RMS before ``scale`` (weights)
     transposed: bool = False       # return a 2-D weight as (C_in, C_out), its stored layout (HF Conv1D)
     identity_rows: bool = False    # rows are tokens, positions or classes, not width units
+
+
+@dataclass(frozen=True)
+class FactorGroup:
+    """Low-rank factors of tasks decoded together: task ``tasks[j]`` is ``a[j] @ b[j]ᵀ`` with
+    rows and columns in its canonical (C_out·h, C_in·w) order."""
+
+    tasks: list[int]
+    a: torch.Tensor                # (G, rows, r), scale folded in
+    b: torch.Tensor                # (G, cols, r)
+    shape: tuple[int, int, int, int]
+    transposed: bool               # stored as (C_in, C_out): HF Conv1D
+
+    def product(self, j: int) -> torch.Tensor:
+        """Task j's tensor: (cols, rows) when stored transposed, else canonical 4-D."""
+        c_out, c_in, h, w = self.shape
+        if self.transposed:        # written once in the stored layout
+            return self.b[j] @ self.a[j].t()
+        return (self.a[j] @ self.b[j].t()).view(c_out, h, c_in, w).permute(0, 2, 1, 3)
+
+    def stored_factors(self, j: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(left, right) with task j's 2-D stored tensor equal to left @ rightᵀ."""
+        return (self.b[j], self.a[j]) if self.transposed else (self.a[j], self.b[j])
 
 
 def _mlp(sizes: list[int]) -> nn.Sequential:
@@ -142,12 +167,18 @@ class LowRankDecoder(nn.Module):
             factor = torch.cat([factor, (factor[:, a] + factor[:, b]) / math.sqrt(2)], 1)
         return factor
 
-    def forward(self, embeddings: torch.Tensor, tasks: list[DecodeTask]) -> list[torch.Tensor]:
+    @staticmethod
+    def groups(tasks: list[DecodeTask]) -> dict:
+        """Tasks decoded together (same shape and treatment), in the order they are decoded."""
+        return _group(tasks, lambda t: (t.shape, t.transposed, t.normalize, t.identity_rows))
+
+    def factor_groups(self, embeddings: torch.Tensor, tasks: list[DecodeTask]) -> Iterator[FactorGroup]:
+        """Each group's factors, one group at a time: every task's tensor is ``A[j] @ B[j]ᵀ``
+        with its scale (and normalisation) folded into A."""
         r = self.rank
         halves = F.relu(self.mlp(embeddings).view(-1, 2, r, r))       # (V, 2, r, r)
-        out: list[torch.Tensor | None] = [None] * len(tasks)
-        groups = _group(tasks, lambda t: (t.shape, t.transposed, t.normalize, t.identity_rows))
-        for ((c_out, c_in, h, w), transposed, normalize, identity_rows), idx in groups.items():
+        for (shape, transposed, normalize, identity_rows), idx in self.groups(tasks).items():
+            c_out, c_in, h, w = shape
             rows, cols = c_out * h, c_in * w
             p = halves[[tasks[i].row for i in idx]]                   # (G, 2, r, r)
             a, a_measured = self._factor(p[:, 0], rows, units=not identity_rows)  # (G, rows, r)
@@ -156,12 +187,13 @@ class LowRankDecoder(nn.Module):
             if normalize:   # ‖ABᵀ‖²_F / (rows·cols) = Σ (AᵀA/rows) ⊙ (BᵀB/cols): r × r work
                 mean_square = (_mean_gram(a_measured) * _mean_gram(b_measured)).sum((1, 2))
                 scales = scales * torch.rsqrt(mean_square + 1e-12)
-            a = a * scales[:, None, None]
-            for j, i in enumerate(idx):   # one product per node: each tensor owns its storage
-                if transposed:            # (cols, rows): written once in the stored layout
-                    out[i] = b[j] @ a[j].t()
-                else:
-                    out[i] = (a[j] @ b[j].t()).view(c_out, h, c_in, w).permute(0, 2, 1, 3)
+            yield FactorGroup(idx, a * scales[:, None, None], b, shape, transposed)
+
+    def forward(self, embeddings: torch.Tensor, tasks: list[DecodeTask]) -> list[torch.Tensor]:
+        out: list[torch.Tensor | None] = [None] * len(tasks)
+        for group in self.factor_groups(embeddings, tasks):
+            for j, i in enumerate(group.tasks):   # one product per node: each owns its storage
+                out[i] = group.product(j)
         return out  # type: ignore[return-value]
 
 
@@ -209,9 +241,9 @@ class TiledDecoder(nn.Module):
             vecs = self.vector_mlp(embeddings[[tasks[i].row for i in vec_idx]]).view(-1, 2, self.tile)
             for j, i in enumerate(vec_idx):
                 task = tasks[i]
-                if task.is_norm:
-                    c = task.shape[0] // 2
-                    value = self._fit(vecs[j], (2, c)).reshape(-1)
+                if task.norm_parts:
+                    c = task.shape[0] // task.norm_parts
+                    value = self._fit(vecs[j], (task.norm_parts, c)).reshape(-1)
                 elif task.is_output:
                     value = self._fit(self.class_bias(vecs[j, 0]), (task.shape[0],))
                 else:

@@ -44,8 +44,9 @@ from logah.inits import check_init_noise, initial_model
 from logah.io import FRACTION, NON_NEGATIVE, POSITIVE, SEED, ConfigRecord
 from logah.predict import load_predicted, save_prediction
 from logah.progress import progress_bar
-from logah.targets import Arch, GPT2Arch, arch_from_dict, count_params, forward
-from logah.tasks import DataConfig, make_task
+from logah.families import family_of, finetune_presets
+from logah.targets import Arch, arch_from_dict, count_params, forward
+from logah.tasks import TASKS, DataConfig, make_task
 from logah.training import Reporter, lr_factor, read_run_state, step_seed, write_run_state
 from logah.transfer import resolve_data
 
@@ -99,22 +100,10 @@ class FinetuneConfig(ConfigRecord):
         check_init_noise(self.init, self.init_noise)   # a study refuses it before any trial
 
 
-# Optimisation settings. ``*-paper``: DESIGN.md §3.5 (ViT: SGD, momentum 0.9, wd 1e-2, cosine,
-# 100 CIFAR epochs, lr from a grid; GPT-2: AdamW lr 3e-6, wd 1e-2, 500 warm-up steps).
-# ``*-cpu``: a few hundred steps on 2 cores; GPT-2 needs a far larger lr to move in that budget.
-# vit-cpu's lr 0.05 is the best of 0.01-0.1 for random and LoGAH inits of vit-cpu-target on
-# Fashion-MNIST (benchmarks/results/init_study.md; it was 0.02 before); gpt2-cpu's 4e-3 the best
-# of 5e-4-4e-3 for both on gpt2-cpu-target / Shakespeare (it was 5e-4; both still gain at 4e-3).
-FINETUNE_PRESETS: dict[str, dict] = {
-    "vit-paper": dict(optimizer="sgd", lr=0.02, momentum=0.9, weight_decay=1e-2,
-                      warmup_steps=0, steps=78_200, grad_clip=1.0, eval_every=782),
-    "gpt2-paper": dict(optimizer="adamw", lr=3e-6, weight_decay=1e-2, warmup_steps=500,
-                       steps=10_000, grad_clip=1.0, eval_every=500),
-    "vit-cpu": dict(optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=1e-2,
-                    warmup_steps=10, steps=300, grad_clip=1.0, eval_every=100),
-    "gpt2-cpu": dict(optimizer="adamw", lr=4e-3, weight_decay=1e-2, warmup_steps=30,
-                     steps=300, grad_clip=1.0, eval_every=100),
-}
+# Optimisation settings by name (``vit-cpu``, ``gpt2-paper``, ``llama-cpu``, ...): each family's
+# ``finetune_presets`` (DESIGN: SGD for ViTs, AdamW for language models; the paper's budgets and
+# CPU ones).
+FINETUNE_PRESETS: dict[str, dict] = finetune_presets()
 
 
 def finetune_preset(name: str) -> dict:
@@ -281,7 +270,8 @@ def evaluate_init(target: Arch, init: str, data: DataConfig, *, ghn: str | Path 
 
 def target_metric(arch: Arch) -> tuple[str, str]:
     """The validation metric reported for ``arch`` and whether higher ("max") is better."""
-    return ("val_perplexity", "min") if isinstance(arch, GPT2Arch) else ("val_accuracy", "max")
+    task = TASKS[family_of(arch).data_kind]
+    return f"val_{task.metric}", task.mode
 
 
 def summarize(history: list[dict], metric: str, mode: str) -> dict:

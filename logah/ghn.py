@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Iterator, Literal
 
 import numpy as np
 import torch
@@ -37,8 +37,8 @@ from logah.decoders import DecodeTask, LowRankDecoder, TiledDecoder
 from logah.errors import LogahError
 from logah.graph import DEFAULT_EDGE_CUTOFF, PRIMITIVES, Graph
 from logah.io import NON_NEGATIVE, POSITIVE, ConfigRecord
-from logah.layout import EMBEDDING, NORM, WEIGHT, node_canonical, split_node
-from logah.postprocess import postprocess, weight_scale
+from logah.layout import EMBEDDING, NORM, WEIGHT, ParamSpec, node_canonical, split_node
+from logah.postprocess import embedding_factor, postprocess, weight_scale
 
 MAX_DEGREE = 100
 MAX_INPUT_DISTANCE = 1000
@@ -224,6 +224,30 @@ class GHN(nn.Module):
             x = layer(x, bias)
         return self.out_ln(x)
 
+    def _decode_tasks(self, graphs: list[Graph], offsets: list[int]) -> tuple[list, list]:
+        """One ``DecodeTask`` per parameter node of every graph, and who owns it:
+        ``(graph index, parameter specs)``."""
+        config = self.config
+        mean_field_width = config.unit_grid if config.weight_scaling == "mean-field" else 0
+        tasks, owners = [], []
+        for i, (g, offset) in enumerate(zip(graphs, offsets)):
+            output_nodes = _output_nodes(g)
+            for node, specs in enumerate(g.params):
+                if specs:
+                    residual = specs[0].name.endswith(g.residual_projections or ("\0",))
+                    scale = weight_scale(specs[0], beta=config.weight_beta, residual=residual,
+                                         n_layer=g.n_layer, mean_field_width=mean_field_width)
+                    tasks.append(DecodeTask(row=offset + node, shape=node_canonical(specs),
+                                            is_vector=len(specs[0].shape) == 1,
+                                            norm_parts=len(specs) if specs[0].kind == NORM else 0,
+                                            is_output=node in output_nodes, scale=scale,
+                                            normalize=specs[0].kind == WEIGHT,
+                                            transposed=specs[0].transposed,
+                                            identity_rows=(specs[0].kind == EMBEDDING
+                                                           or node in output_nodes)))
+                    owners.append((i, specs))
+        return tasks, owners
+
     def forward(self, graphs: list[Graph]) -> list[dict[str, torch.Tensor]]:
         """Predicted parameters, one ``{name: tensor}`` per graph, in each tensor's stored layout."""
         if not graphs:
@@ -231,39 +255,77 @@ class GHN(nn.Module):
         batch = GraphBatch(graphs, self.device)
         with torch.autocast(self.device.type, enabled=False):
             emb = self.embed(batch).float().reshape(-1, self.config.hidden)
-            tasks, owners = [], []
-            config = self.config
-            mean_field_width = config.unit_grid if config.weight_scaling == "mean-field" else 0
-            for i, (g, offset) in enumerate(zip(graphs, batch.node_offsets)):
-                output_nodes = _output_nodes(g)
-                for node, specs in enumerate(g.params):
-                    if specs:
-                        residual = specs[0].name.endswith(g.residual_projections or ("\0",))
-                        scale = weight_scale(specs[0], beta=config.weight_beta,
-                                             residual=residual, n_layer=g.n_layer,
-                                             mean_field_width=mean_field_width)
-                        tasks.append(DecodeTask(row=offset + node, shape=node_canonical(specs),
-                                                is_vector=len(specs[0].shape) == 1,
-                                                is_norm=specs[0].kind == NORM,
-                                                is_output=node in output_nodes, scale=scale,
-                                                normalize=specs[0].kind == WEIGHT,
-                                                transposed=specs[0].transposed,
-                                                identity_rows=(specs[0].kind == EMBEDDING
-                                                               or node in output_nodes)))
-                        owners.append((i, g, specs))
+            tasks, owners = self._decode_tasks(graphs, batch.node_offsets)
             raw = self.decoder(emb, tasks)
             results: list[dict[str, torch.Tensor]] = [{} for _ in graphs]
-            for (i, g, specs), tensor in zip(owners, raw):
-                values = split_node(specs, tensor)
-                for spec in specs:
-                    results[i][spec.name] = postprocess(
-                        spec, values[spec.name],
-                        is_norm_bias=spec.kind == NORM and spec.name.endswith(".bias"))
+            for (i, specs), tensor in zip(owners, raw):
+                results[i].update(_postprocessed(specs, tensor))
         return results
+
+    @torch.no_grad()
+    def stream(self, graph: Graph) -> tuple[list[ParamSpec], Iterator[tuple[str, Any]]]:
+        """The prediction of one graph, tensor by tensor, for targets too large to hold at once
+        (``logah.predict.predict_to_folder``). Returns the parameters in the order they will
+        come, and an iterator of ``(name, value)``: a tensor in stored layout, or, for a 2-D
+        matrix of the low-rank decoder, a ``LowRank`` pair whose product is the tensor (its
+        post-processing folded into the left factor). Values agree with ``forward`` to rounding
+        (an embedding's RMS is computed from its factors here, from the product there)."""
+        batch = GraphBatch([graph], self.device)
+        with torch.autocast(self.device.type, enabled=False):
+            emb = self.embed(batch).float().reshape(-1, self.config.hidden)
+        tasks, owners = self._decode_tasks([graph], batch.node_offsets)
+        if not isinstance(self.decoder, LowRankDecoder):   # GHN-3: decoded at once, then streamed
+            order = [spec for _, specs in owners for spec in specs]
+
+            def tiled() -> Iterator[tuple[str, Any]]:
+                for (_, specs), tensor in zip(owners, self.decoder(emb, tasks)):
+                    yield from _postprocessed(specs, tensor).items()
+            return order, tiled()
+        groups = self.decoder.groups(tasks)
+        order = [spec for idx in groups.values() for i in idx for spec in owners[i][1]]
+
+        def low_rank() -> Iterator[tuple[str, Any]]:
+            for group in self.decoder.factor_groups(emb, tasks):
+                for j, i in enumerate(group.tasks):
+                    specs = owners[i][1]
+                    spec = specs[0]
+                    if len(specs) == 1 and len(spec.shape) == 2 and spec.kind in (WEIGHT, EMBEDDING):
+                        left, right = group.stored_factors(j)
+                        if spec.kind == EMBEDDING:
+                            left = left * embedding_factor(left, right)
+                        yield spec.name, LowRank(left, right)
+                    else:
+                        yield from _postprocessed(specs, group.product(j)).items()
+        return order, low_rank()
 
     def num_params(self, part: str = "all") -> int:
         module = self.decoder if part == "decoder" else self
         return sum(p.numel() for p in module.parameters())
+
+
+class LowRank:
+    """A 2-D tensor kept as two factors, ``left @ rightᵀ`` (rows × r, cols × r), produced in
+    row blocks so that the full tensor never has to exist in memory."""
+
+    def __init__(self, left: torch.Tensor, right: torch.Tensor):
+        self.left, self.right = left, right
+        self.shape = (left.shape[0], right.shape[0])
+
+    def blocks(self, max_elements: int = 2**24) -> Iterator[torch.Tensor]:
+        step = max(1, max_elements // max(1, self.shape[1]))
+        for start in range(0, self.shape[0], step):
+            yield self.left[start:start + step] @ self.right.t()
+
+    def full(self) -> torch.Tensor:
+        return self.left @ self.right.t()
+
+
+def _postprocessed(specs, tensor: torch.Tensor) -> dict[str, torch.Tensor]:
+    """A node's decoded tensor cut into its parameters, each post-processed."""
+    values = split_node(specs, tensor)
+    return {spec.name: postprocess(spec, values[spec.name],
+                                   is_norm_bias=spec.kind == NORM and spec.name.endswith(".bias"))
+            for spec in specs}
 
 
 def _output_nodes(graph: Graph) -> set[int]:

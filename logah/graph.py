@@ -5,10 +5,15 @@ parameters that require grad, and the autograd graph behind the output is walked
 graph (hundreds of view/transpose/matmul functions) is reduced to the DeepNets-1M primitives:
 
 * a function that consumes parameters becomes a chain of *parameter nodes*, typed by the module
-  that owns each parameter (``MODULE_TYPES``): weight ``conv`` → ``bias``; a LayerNorm is one
-  ``ln`` node holding weight and bias; embeddings, ViT position embeddings and class token are
-  ``pos_enc``. Parameters reached through views, transposes, expands or dtype casts count as
-  consumed by the function that uses the view;
+  that owns each parameter (the family's ``module_rules``, ``logah.families``): weight ``conv``
+  → ``bias``; a LayerNorm is one ``ln`` node holding weight and bias, an RMSNorm one holding its
+  weight; embeddings, ViT position embeddings and class token are ``pos_enc``. Parameters reached
+  through views, transposes, expands or dtype casts count as consumed by the function that uses
+  the view;
+* everything computed *inside* a norm module (RMSNorm's square, mean, rsqrt and product; one
+  fused function for LayerNorm) belongs to that norm's node: a norm is not a global average
+  pooling however it is written. The functions are found with forward hooks on the modules
+  whose rules hold a norm parameter: those between the module's input and its output;
 * attention is ``msa`` whatever kernel autograd shows (``SoftmaxBackward0`` for eager,
   ``SafeSoftmaxBackward0`` for the SDPA math path, the fused ``ScaledDotProduct*Attention*``
   kernels on CPU and GPU), so the graph does not depend on which SDPA path torch takes;
@@ -36,13 +41,15 @@ distance 0: in GPT-2-L 170 of 474 nodes, the deepest third of the network, would
 input. The other choice, a table sized to the cutoff, would keep that collapse. The pairwise
 matrix keeps the paper's cutoff (DESIGN.md §3.1) and its 257-row table.
 
-A parameter whose owning module is not in ``MODULE_TYPES`` raises ``LogahError`` naming the
+The number of layers (``n_layer``, for GPT-2's residual scaling) is the record's ``depth``. A
+parameter whose owning module is not in the family's rules raises ``LogahError`` naming the
 module and its type, rather than being silently mis-typed.
 """
 
 from __future__ import annotations
 
 import collections
+import heapq
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -53,8 +60,9 @@ from scipy.sparse.csgraph import shortest_path
 from torch import nn
 
 from logah.errors import LogahError
+from logah.families import family_of
 from logah.layout import BIAS, EMBEDDING, NORM, WEIGHT, ParamSpec
-from logah.targets import Arch, build_model, trace_output
+from logah.targets import Arch, build_model
 
 PRIMITIVES = ("max_pool", "avg_pool", "sep_conv", "dil_conv", "conv", "msa", "cse", "sum",
               "concat", "input", "bias", "bn", "ln", "pos_enc", "glob_avg")
@@ -63,24 +71,6 @@ DEFAULT_EDGE_CUTOFF = 50
 
 # kind of each parameter of a node: drives the primitive, the layout and the post-processing.
 _KIND_TO_OP = {WEIGHT: "conv", BIAS: "bias", NORM: "ln", EMBEDDING: "pos_enc"}
-
-
-def _module_types() -> list[tuple[type, dict[str, tuple[str, bool]]]]:
-    """(module class, {parameter attribute: (kind, stored transposed)}), most specific first."""
-    from torchvision.models.vision_transformer import Encoder, VisionTransformer
-    from transformers.pytorch_utils import Conv1D
-
-    linear = {"weight": (WEIGHT, False), "bias": (BIAS, False)}
-    return [
-        (nn.Linear, linear),
-        (nn.Conv2d, linear),
-        (Conv1D, {"weight": (WEIGHT, True), "bias": (BIAS, False)}),
-        (nn.MultiheadAttention, {"in_proj_weight": (WEIGHT, False), "in_proj_bias": (BIAS, False)}),
-        (nn.LayerNorm, {"weight": (NORM, False), "bias": (NORM, False)}),
-        (nn.Embedding, {"weight": (EMBEDDING, False)}),
-        (Encoder, {"pos_embedding": (EMBEDDING, False)}),
-        (VisionTransformer, {"class_token": (EMBEDDING, False)}),
-    ]
 
 
 # Autograd functions that only re-view a tensor: a parameter seen through them is still itself.
@@ -137,13 +127,15 @@ class Graph:
 
 def build_graph(model: nn.Module, arch: Arch, edge_cutoff: int = DEFAULT_EDGE_CUTOFF) -> Graph:
     """Trace ``model`` (ideally on ``meta``) and reduce its autograd graph; see the module docstring."""
+    family = family_of(arch)
+    rules = family.module_rules()
     names = {id(p): n for n, p in model.named_parameters()}
-    specs = _param_specs(model)
-    with torch.enable_grad():
-        out = trace_output(model, arch)
+    specs = _param_specs(model, rules)
+    with torch.enable_grad(), _Interiors(model, _opaque_modules(family, rules)) as interiors:
+        out = family.trace_output(model, arch)
     if out.grad_fn is None:
         raise LogahError("the model output does not depend on any parameter that requires grad")
-    builder = _Reducer(names, specs)
+    builder = _Reducer(names, specs, interiors.functions())
     builder.run(out.grad_fn)
     missing = sorted(set(specs) - builder.attached)
     if missing:
@@ -154,8 +146,7 @@ def build_graph(model: nn.Module, arch: Arch, edge_cutoff: int = DEFAULT_EDGE_CU
     distances, input_distance = _distances(len(builder.ops), edges, edge_cutoff)
     return Graph(ops=builder.ops, params=builder.params, edges=edges, distances=distances,
                  input_distance=input_distance, output_node=output_node,
-                 residual_projections=arch.residual_projections,
-                 n_layer=getattr(arch, "n_layer", getattr(arch, "num_layers", 1)),
+                 residual_projections=family.residual_projections(arch), n_layer=arch.depth,
                  meta={"edge_cutoff": edge_cutoff, "family": arch.family})
 
 
@@ -164,8 +155,7 @@ def graph_of(arch: Arch, edge_cutoff: int = DEFAULT_EDGE_CUTOFF) -> Graph:
     return build_graph(build_model(arch, "meta"), arch, edge_cutoff)
 
 
-def _param_specs(model: nn.Module) -> dict[str, ParamSpec]:
-    table = _module_types()
+def _param_specs(model: nn.Module, table: list) -> dict[str, ParamSpec]:
     specs, seen = {}, set()
     for mod_name, module in model.named_modules():
         for attr, param in module.named_parameters(recurse=False):
@@ -185,11 +175,57 @@ def _param_specs(model: nn.Module) -> dict[str, ParamSpec]:
     return specs
 
 
+class _Interiors:
+    """Forward hooks on modules whose inside is not graph structure (norms; attention, whose
+    score arithmetic, rotary positions and masks are part of ``msa``) that record each call's
+    input and output autograd functions; ``functions()`` is then every function strictly inside
+    such a module (between its input's function and its output's, the output's included)."""
+
+    def __init__(self, model: nn.Module, module_types: tuple[type, ...]):
+        self.modules = [m for m in model.modules() if module_types and isinstance(m, module_types)]
+        self.calls: list[tuple[set, object]] = []
+        self.handles: list = []
+
+    def __enter__(self) -> "_Interiors":
+        self.handles = [m.register_forward_hook(self._record, with_kwargs=True)
+                        for m in self.modules]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+    def _record(self, module, args, kwargs, output) -> None:
+        output = output[0] if isinstance(output, tuple) else output
+        inputs = [*args, *kwargs.values()]
+        starts = {t.grad_fn for t in inputs if isinstance(t, torch.Tensor) and t.grad_fn is not None}
+        if starts and isinstance(output, torch.Tensor) and output.grad_fn is not None:
+            self.calls.append((starts, output.grad_fn))
+
+    def functions(self) -> set:
+        inside: set = set()
+        for starts, end in self.calls:
+            stack = [end]
+            while stack:
+                fn = stack.pop()
+                if fn is None or fn in starts or fn in inside:
+                    continue
+                inside.add(fn)
+                stack.extend(nxt for nxt, _ in fn.next_functions)
+        return inside
+
+
+def _opaque_modules(family, table: list) -> tuple[type, ...]:
+    """Norm modules (those whose rules hold a norm parameter) and the family's attention modules."""
+    norms = tuple(cls for cls, rules in table if any(kind == NORM for kind, _ in rules.values()))
+    return norms + tuple(family.attention_modules())
+
+
 class _Reducer:
     """Walks autograd functions in forward order and emits reduced graph nodes and edges."""
 
-    def __init__(self, names: dict[int, str], specs: dict[str, ParamSpec]):
-        self.names, self.specs = names, specs
+    def __init__(self, names: dict[int, str], specs: dict[str, ParamSpec], interiors: set = frozenset()):
+        self.names, self.specs, self.interiors = names, specs, interiors
         self.ops: list[str] = ["input"]
         self.params: list[tuple[ParamSpec, ...]] = [()]
         self.edges: set[tuple[int, int]] = set()
@@ -253,8 +289,13 @@ class _Reducer:
                 if name not in self.attached:
                     consumed.append(name)
                     self.attached.add(name)
-            outputs[fn] = self._reduce(type(fn).__name__, data, consumed)
+            name = type(fn).__name__
+            if consumed or fn not in self.interiors or _attention_op(name):
+                outputs[fn] = self._reduce(name, data, consumed)
+            else:
+                outputs[fn] = data       # inside a norm or an attention: part of its node
         self._drop_attention_bypasses()
+        self._renumber_topologically()
 
     def _reduce(self, fn_name: str, data: set[int], consumed: list[str]) -> set[int]:
         if consumed:
@@ -283,16 +324,55 @@ class _Reducer:
         return node
 
     def _drop_attention_bypasses(self) -> None:
+        """Every input of an attention goes into its ``msa`` node and nothing goes around it:
+        an edge from an input of the msa to what the msa feeds is dropped (the value path of
+        unfused attention over a fused qkv projection), and a projection that feeds the msa's
+        successor beside it, from the same source as the msa's inputs (a separate value
+        projection, e.g. Llama's ``v_proj``), feeds the msa instead."""
         succ = collections.defaultdict(set)
         pred = collections.defaultdict(set)
         for s, d in self.edges:
             succ[s].add(d)
             pred[d].add(s)
         for node, op in enumerate(self.ops):
-            if op == "msa":
-                for p in pred[node]:
-                    for s in succ[node]:
+            if op != "msa":
+                continue
+            sources = set().union(*(pred[p] for p in pred[node]))
+            for s in list(succ[node]):
+                for p in list(pred[s]):
+                    if p in pred[node]:
                         self.edges.discard((p, s))
+                    elif p != node and self.params[p] and pred[p] & sources:
+                        self.edges.discard((p, s))
+                        self.edges.add((p, node))
+
+
+    def _renumber_topologically(self) -> None:
+        """Nodes in forward order again after rewiring (a value projection traced after its
+        attention now feeds it): the topological order that keeps each node as early as the
+        trace put it, so a graph that needed no rewiring keeps its numbering."""
+        if all(s < d for s, d in self.edges):
+            return
+        succ = collections.defaultdict(list)
+        waiting = [0] * len(self.ops)
+        for s, d in self.edges:
+            succ[s].append(d)
+            waiting[d] += 1
+        ready = [n for n in range(len(self.ops)) if not waiting[n]]
+        heapq.heapify(ready)
+        order = []
+        while ready:
+            node = heapq.heappop(ready)
+            order.append(node)
+            for d in succ[node]:
+                waiting[d] -= 1
+                if not waiting[d]:
+                    heapq.heappush(ready, d)
+        assert len(order) == len(self.ops), "the reduced graph has a cycle"
+        new = {old: i for i, old in enumerate(order)}
+        self.ops = [self.ops[old] for old in order]
+        self.params = [self.params[old] for old in order]
+        self.edges = {(new[s], new[d]) for s, d in self.edges}
 
 
 def _distances(n: int, edges: np.ndarray, cutoff: int) -> tuple[np.ndarray, np.ndarray]:

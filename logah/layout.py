@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 # What a parameter is, which decides its post-processing (see ``postprocess``).
 WEIGHT, BIAS, NORM, EMBEDDING = "weight", "bias", "norm", "embedding"

@@ -56,6 +56,14 @@ def weight_scale(spec: ParamSpec, *, beta: float, residual: bool, n_layer: int,
     return scale / math.sqrt(2 * n_layer) if residual else scale
 
 
+def embedding_factor(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """The rescaling ``postprocess`` gives an embedding ``left @ rightᵀ``, computed from the
+    factors (‖ABᵀ‖²_F = Σ (AᵀA) ⊙ (BᵀB): r × r work, not rows × cols)."""
+    numel = left.shape[0] * right.shape[0]
+    rms = torch.sqrt(((left.t() @ left) * (right.t() @ right)).sum() / numel)
+    return EMBEDDING_STD / (rms + 1e-8)
+
+
 def postprocess(spec: ParamSpec, raw: torch.Tensor, *, is_norm_bias: bool = False) -> torch.Tensor:
     """Map one raw predicted tensor (stored layout) to its initial value; weights come pre-scaled."""
     if spec.kind == WEIGHT:

@@ -3,39 +3,44 @@
 Binding uses ``torch.func.functional_call`` with the dict of predicted tensors, so the target's
 own forward runs on them and a loss back-propagates into the GHN; no module is modified.
 
-Saved forms (``logah predict --out DIR``):
+Saved form (``logah predict --out DIR``), for every family: ``arch.json`` (the record), the
+family's config files (a Hugging Face ``config.json`` for text families, so that
+``GPT2LMHeadModel`` / ``LlamaForCausalLM.from_pretrained(DIR)`` loads it offline) and the
+weights as safetensors shards (``logah.shards``: ``model.safetensors``, or numbered shards and an
+index). ``load_predicted(DIR)`` rebuilds the module whatever the family.
 
-* GPT-2: a Hugging Face model folder (``config.json`` + safetensors shards) that
-  ``GPT2LMHeadModel.from_pretrained(DIR)`` loads offline, plus ``arch.json``;
-* ViT: ``model.safetensors`` + ``arch.json``; ``load_predicted(DIR)`` rebuilds the torchvision
-  module with those weights.
+Two ways to get there:
+
+* ``predict_params`` + ``save_prediction``: the whole prediction in memory (training, trials and
+  small targets need it there anyway);
+* ``predict_to_folder``: tensor by tensor, straight into the shards (``GHN.stream``), so peak
+  memory is a small multiple of one tensor's factors, not of the model: an 8B-parameter Llama is
+  predicted on a laptop. ``logah predict`` takes this path.
 """
 
 from __future__ import annotations
 
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import nn
-from torch.func import functional_call
 
-from logah.devices import check_memory
+from logah.devices import GIB, check_memory
 from logah.errors import LogahError
+from logah.families import family_of
 from logah.ghn import GHN
 from logah.graph import Graph, graph_of
-from logah.io import atomic_dir, read_json, write_json
-from logah.targets import Arch, GPT2Arch, arch_from_dict, arch_to_dict, build_model, count_params
+from logah.io import atomic_dir, output_errors, read_json, write_json
+from logah.shards import DEFAULT_SHARD_BYTES, Entry, ShardWriter, read_weights, torch_dtype, write_state
+from logah.targets import Arch, arch_from_dict, count_params
 
 ARCH_FILE = "arch.json"
-VIT_WEIGHTS = "model.safetensors"
-SHARD_SIZE = "500MB"   # bounds the extra memory of writing a 3 GB GPT-2-L to one shard
 
-
-# Float32 copies of a target's parameters alive at once while predicting and saving them (the
-# decoded tensors, their post-processed values, the copies a save makes). Measured peak RSS above
-# the baseline with logah-t: 1.2 copies for vit-b, 1.5 for gpt2-s including the save.
+# Float32 copies of a target's parameters alive at once while predicting and saving them in
+# memory (the decoded tensors, their post-processed values, the copies a save makes). Measured
+# peak RSS above the baseline with logah-t: 1.2 copies for vit-b, 1.5 for gpt2-s.
 PREDICT_COPIES = 2
 
 
@@ -61,72 +66,75 @@ def check_finite(params: dict[str, torch.Tensor], what: str) -> None:
 def bound_forward(model: nn.Module, params: dict[str, torch.Tensor], arch: Arch,
                   inputs: torch.Tensor) -> torch.Tensor:
     """Logits of ``model`` run with ``params`` in place of its own (which may live on ``meta``)."""
-    if isinstance(arch, GPT2Arch):
-        return functional_call(model, params, (), {"input_ids": inputs, "use_cache": False}).logits
-    return functional_call(model, params, (inputs,))
+    return family_of(arch).bound_forward(model, params, arch, inputs)
 
 
 def materialize(arch: Arch, params: dict[str, torch.Tensor]) -> nn.Module:
     """A real module of ``arch`` holding ``params`` (built on ``meta``, so no random init)."""
-    model = build_model(arch, "meta")
-    missing = [n for n, _ in model.named_parameters() if n not in params]
-    if missing:
-        raise LogahError(f"predicted parameters lack {missing[:3]} for this architecture")
-    model.load_state_dict(params, strict=False, assign=True)
-    if isinstance(arch, GPT2Arch) and arch.tie_word_embeddings:
-        model.tie_weights()
-    return model
+    return family_of(arch).materialize(arch, params)
+
+
+def _write_meta(arch: Arch, folder: Path, dtype: str) -> None:
+    write_json(folder / ARCH_FILE, arch.to_dict())
+    family_of(arch).write_config(arch, folder, dtype)
 
 
 def save_prediction(arch: Arch, params: dict[str, torch.Tensor], out: str | Path, *,
-                    overwrite: bool = False) -> Path:
+                    overwrite: bool = False, dtype: str = "float32") -> Path:
     """Write predicted parameters in the form described in the module docstring, atomically."""
+    torch_dtype(dtype)
     state = {name: t.detach() for name, t in params.items()}
     check_finite(state, f"saving {out}")
-    with atomic_dir(out, overwrite=overwrite) as tmp:
-        write_json(tmp / ARCH_FILE, arch_to_dict(arch))
-        if isinstance(arch, GPT2Arch):
-            from huggingface_hub import save_torch_state_dict
-
-            arch.hf_config().save_pretrained(tmp)
-            save_torch_state_dict(state, tmp, max_shard_size=SHARD_SIZE, metadata={"format": "pt"})
-        else:
-            save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / VIT_WEIGHTS),
-                      metadata={"format": "pt"})
+    with atomic_dir(out, overwrite=overwrite) as tmp, output_errors(out):
+        _write_meta(arch, tmp, dtype)
+        write_state(tmp, state, dtype=dtype)
     return Path(out)
+
+
+@dataclass(frozen=True)
+class Written:
+    """What ``predict_to_folder`` wrote: the folder, its parameter count and bytes."""
+
+    path: Path
+    num_params: int
+    bytes_written: int
+
+
+def predict_to_folder(ghn: GHN, arch: Arch, out: str | Path, *, overwrite: bool = False,
+                      dtype: str = "float32", graph: Graph | None = None,
+                      max_shard_bytes: int = DEFAULT_SHARD_BYTES) -> Written:
+    """Predict ``arch`` tensor by tensor into the folder ``out`` (written atomically), in
+    ``dtype``; what fits on disk is checked first."""
+    itemsize = torch.empty((), dtype=torch_dtype(dtype)).element_size()
+    num_params = count_params(arch)
+    graph = graph or graph_of(arch, ghn.config.edge_cutoff)
+    out = Path(out)
+    parent = next(p for p in (out.absolute(), *out.absolute().parents) if p.exists())
+    free = shutil.disk_usage(parent).free
+    if num_params * itemsize > free:
+        raise LogahError(f"cannot write {out}: {num_params * itemsize / GIB:.1f} GiB of weights "
+                         f"({dtype}) but {parent} has {free / GIB:.1f} GiB free")
+    order, values = ghn.stream(graph)
+    with atomic_dir(out, overwrite=overwrite) as tmp, output_errors(out):
+        _write_meta(arch, tmp, dtype)
+        writer = ShardWriter(tmp, [Entry(s.name, s.shape) for s in order], dtype=dtype,
+                             max_shard_bytes=max_shard_bytes)
+        for name, value in values:
+            blocks = value.blocks() if hasattr(value, "blocks") else value
+            writer.write(name, _finite_blocks(name, blocks, out))
+        writer.close()
+    return Written(out, num_params, writer.bytes_written)
+
+
+def _finite_blocks(name: str, blocks, out: Path):
+    for block in ([blocks] if isinstance(blocks, torch.Tensor) else blocks):
+        if block.is_floating_point() and not bool(torch.isfinite(block).all()):
+            raise LogahError(f"saving {out}: parameter {name} is not finite (NaN or inf)")
+        yield block
 
 
 def load_predicted(path: str | Path) -> tuple[Arch, nn.Module]:
     """The architecture and the module saved by ``save_prediction`` (or ``logah predict``)."""
     path = Path(path)
     arch = arch_from_dict(read_json(path / ARCH_FILE, "predicted-parameters folder"))
-    if isinstance(arch, GPT2Arch):
-        return arch, _load_gpt2(path)
-    try:
-        state = load_file(str(path / VIT_WEIGHTS))
-    except (FileNotFoundError, SafetensorError, OSError) as err:
-        raise LogahError(f"{path / VIT_WEIGHTS}: missing or corrupt ({err})") from None
-    return arch, materialize(arch, state)
-
-
-def _load_gpt2(path: Path) -> nn.Module:
-    """The Hugging Face folder at ``path``, from safetensors only (a pickled
-    ``pytorch_model.bin`` beside it is never read) and with every weight present."""
-    from transformers import GPT2LMHeadModel
-    from transformers.utils import logging as hf_logging
-
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        model, info = GPT2LMHeadModel.from_pretrained(path, local_files_only=True,
-                                                      use_safetensors=True,
-                                                      output_loading_info=True)
-    except (OSError, ValueError, RuntimeError, SafetensorError) as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise LogahError(f"{path}: not a loadable GPT-2 folder ({reason})") from None
-    finally:
-        hf_logging.set_verbosity(verbosity)
-    if info["missing_keys"] or info["mismatched_keys"]:
-        raise LogahError(f"{path}: weights missing or of the wrong shape "
-                         f"({(info['missing_keys'] + info['mismatched_keys'])[:3]})")
-    return model
+    return arch, family_of(arch).load_folder(arch, path, read_weights)

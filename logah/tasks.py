@@ -26,8 +26,9 @@ import torch.nn.functional as F
 from logah.data import (IMAGE_DATASETS, TEXT_DATASETS, get_tokenizer, load_image_dataset,
                         load_text_dataset, shard_indices)
 from logah.errors import LogahError
+from logah.families import IMAGE, TEXT, family_of, families_of_kind
 from logah.io import NON_NEGATIVE, POSITIVE, ConfigRecord, Interval
-from logah.targets import Arch, GPT2Arch, ViTArch
+from logah.targets import Arch
 
 ForwardFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -85,12 +86,15 @@ class _Task:
 class ImageClassification(_Task):
     metric, mode = "accuracy", "max"
 
-    def __init__(self, arch: ViTArch, data: DataConfig, *, seed: int = 0, rank: int = 0,
+    def __init__(self, arch: Arch, data: DataConfig, *, seed: int = 0, rank: int = 0,
                  world_size: int = 1):
+        self.data = data
+        self.check(arch)
+        channels = family_of(arch).in_channels
         train = load_image_dataset(data.dataset, "train", image_size=arch.image_size,
-                                   channels=arch.in_channels, augment=data.augment)
+                                   channels=channels, augment=data.augment)
         val = load_image_dataset(data.dataset, data.eval_split, image_size=arch.image_size,
-                                 channels=arch.in_channels)
+                                 channels=channels)
         super().__init__(train, val, data, seed=seed, rank=rank, world_size=world_size)
         self.num_classes = train.num_classes
 
@@ -102,10 +106,10 @@ class ImageClassification(_Task):
     def fit(self, arch: Arch) -> Arch:
         """``arch`` with the classifier this dataset needs (its image size is resampled to)."""
         self.check(arch)
-        return dataclasses.replace(arch, num_classes=self.num_classes)
+        return family_of(arch).with_outputs(arch, self.num_classes)
 
     def check(self, arch: Arch) -> None:
-        if not isinstance(arch, ViTArch):
+        if family_of(arch).data_kind != IMAGE:
             raise LogahError(f"dataset {self.data.dataset} is an image dataset; target is {arch.family}")
 
     def _stack(self, dataset, ids) -> tuple[torch.Tensor, torch.Tensor]:
@@ -140,7 +144,7 @@ class ImageClassification(_Task):
 class LanguageModeling(_Task):
     metric, mode = "perplexity", "min"
 
-    def __init__(self, arch: GPT2Arch, data: DataConfig, *, seed: int = 0, rank: int = 0,
+    def __init__(self, arch: Arch, data: DataConfig, *, seed: int = 0, rank: int = 0,
                  world_size: int = 1):
         self.data = data
         self.check(arch)      # before the tokenizer and the corpus are loaded
@@ -159,14 +163,16 @@ class LanguageModeling(_Task):
         """``arch`` with the vocabulary of this task's tokenizer (embedding and LM head rows),
         so no row is wasted on a token the data never holds and every token has one."""
         self.check(arch)
-        return dataclasses.replace(arch, vocab_size=self.vocab_size)
+        return family_of(arch).with_outputs(arch, self.vocab_size)
 
     def check(self, arch: Arch) -> None:
-        if not isinstance(arch, GPT2Arch):
+        family = family_of(arch)
+        if family.data_kind != TEXT:
             raise LogahError(f"dataset {self.data.dataset} is a text dataset; target is {arch.family}")
-        if self.data.block_size > arch.n_positions:
-            raise LogahError(f"block_size={self.data.block_size} exceeds the context of the GPT-2 "
-                             f"(n_positions={arch.n_positions})")
+        if self.data.block_size > family.context_length(arch):
+            raise LogahError(f"block_size={self.data.block_size} exceeds the context of the "
+                             f"{arch.family} target ({family.context_field}="
+                             f"{family.context_length(arch)})")
 
     def batch(self, step: int, device) -> tuple[torch.Tensor, torch.Tensor]:
         x = torch.stack([self.train[i] for i in self._indices(step)]).to(device)
@@ -200,27 +206,36 @@ def text_tokenizer(data: DataConfig):
     return get_tokenizer(name, corpus=data.dataset, vocab_size=data.vocab_size)
 
 
-def dataset_family(dataset: str) -> str | None:
-    """``vit`` for an image dataset, ``gpt2`` for a text corpus, None for an unknown name."""
-    return "vit" if dataset in IMAGE_DATASETS else "gpt2" if dataset in TEXT_DATASETS else None
+_DATASETS = {IMAGE: IMAGE_DATASETS, TEXT: TEXT_DATASETS}
+_KIND_WORDS = {IMAGE: "an image dataset", TEXT: "a text corpus"}
 
 
-def check_dataset_family(arch: Arch, dataset: str) -> None:
-    """A ViT needs an image dataset and a GPT-2 a corpus: say so, rather than 'unknown image
-    dataset', when a name of the other kind is given."""
-    family = dataset_family(dataset)
-    if family is not None and family != arch.family:
-        kind, needed, names = (("a text corpus", "an image dataset", IMAGE_DATASETS)
-                               if family == "gpt2" else
-                               ("an image dataset", "a text corpus", TEXT_DATASETS))
-        raise LogahError(f"dataset {dataset} is {kind}, but a {arch.family} target needs {needed}: "
-                         f"one of {', '.join(sorted(names))}")
+def dataset_kind(dataset: str) -> str | None:
+    """``image`` for an image dataset, ``text`` for a text corpus, None for an unknown name."""
+    return next((kind for kind, names in _DATASETS.items() if dataset in names), None)
+
+
+def check_dataset_kind(arch: Arch, dataset: str) -> None:
+    """A ViT needs an image dataset and a language model a corpus: say so, rather than
+    'unknown image dataset', when a name of the other kind is given."""
+    kind, needed = dataset_kind(dataset), family_of(arch).data_kind
+    if kind is not None and kind != needed:
+        raise LogahError(f"dataset {dataset} is {_KIND_WORDS[kind]}, but a {arch.family} target "
+                         f"needs {_KIND_WORDS[needed]}: one of "
+                         f"{', '.join(sorted(_DATASETS[needed]))}")
+
+
+def default_dataset(kind: str) -> str:
+    """The offline dataset a command reads when none is named."""
+    return families_of_kind(kind)[0].default_dataset
+
+
+TASKS = {IMAGE: ImageClassification, TEXT: LanguageModeling}
 
 
 def make_task(arch: Arch, data: DataConfig, *, seed: int = 0, rank: int = 0,
               world_size: int = 1) -> Task:
     """The task that trains ``arch`` (any member of a space) on ``data.dataset``."""
-    check_dataset_family(arch, data.dataset)
-    if isinstance(arch, ViTArch):
-        return ImageClassification(arch, data, seed=seed, rank=rank, world_size=world_size)
-    return LanguageModeling(arch, data, seed=seed, rank=rank, world_size=world_size)
+    check_dataset_kind(arch, data.dataset)
+    task = TASKS[family_of(arch).data_kind]
+    return task(arch, data, seed=seed, rank=rank, world_size=world_size)

@@ -31,12 +31,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from logah.errors import LogahError
-from logah.targets import Arch, GPT2Arch, ViTArch
+from logah.families import TEXT, family_of
+from logah.targets import Arch
 
 log = logging.getLogger(__name__)
-
-EMBEDDING_NAMES = ("transformer.wte.weight", "lm_head.weight")   # rows = the tokenizer's ids
-CLASSIFIER_NAMES = ("heads.head.weight", "heads.head.bias")
 
 
 class TransferWarning(UserWarning):
@@ -99,32 +97,10 @@ def check_family(arch: Arch, trained: TrainedOn, ghn_path: str | Path) -> None:
 
 def novelties(arch: Arch, space_record: dict) -> list[str]:
     """What ``arch`` has that no architecture of the space has (empty when it is in range, or
-    only deeper or wider)."""
-    from logah.archs import heads_for, space_from_dict
+    only deeper or wider); the family says what counts (``TargetFamily.novelties``)."""
+    from logah.archs import space_from_dict
 
-    space = space_from_dict(space_record)
-    widths = {w for band in space.width_bands for w in band.widths()}
-    heads = sorted({h for w in widths for h in heads_for(w, space.heads_rule)})
-    found = []
-    if isinstance(arch, ViTArch):
-        found.append(_new("patch size", arch.patch_size, space.patch_sizes))
-        found.append(_new("image size", arch.image_size, (space.image_size,)))
-        ratio = arch.mlp_dim / arch.hidden_dim
-        if arch.mlp_dim != max(1, round(space.mlp_ratio * arch.hidden_dim)):
-            found.append(f"MLP ratio {ratio:g} (space: {space.mlp_ratio:g})")
-        found.append(_new("heads", arch.num_heads, heads))
-    elif isinstance(arch, GPT2Arch):
-        found.append(_new("heads", arch.n_head, heads))
-        if arch.n_positions > space.n_positions:
-            found.append(f"context {arch.n_positions} (space: {space.n_positions})")
-        if arch.tie_word_embeddings != space.tie_word_embeddings:
-            found.append(f"{'tied' if arch.tie_word_embeddings else 'untied'} embeddings "
-                         f"(space: {'tied' if space.tie_word_embeddings else 'untied'})")
-    return [x for x in found if x]
-
-
-def _new(what: str, value: int, seen) -> str:
-    return "" if value in seen else f"{what} {value} (space: {', '.join(map(str, sorted(seen)))})"
+    return family_of(arch).novelties(arch, space_from_dict(space_record))
 
 
 def check_target(arch: Arch, ghn_path: str | Path) -> TrainedOn:
@@ -144,7 +120,9 @@ def reinitialised(arch: Arch, trained: TrainedOn, *, dataset: str | None = None,
                   keep_classifier: bool = False) -> tuple[str, ...]:
     """Names of the predicted parameters to replace by the library's default init when the GHN
     (``trained``) initialises ``arch`` for ``dataset`` read with ``tokenizer``."""
-    if isinstance(arch, GPT2Arch):
+    family = family_of(arch)
+    outputs = tuple(family.output_names(arch))
+    if family.data_kind == TEXT:
         if tokenizer is not None and trained.tokenizer_fingerprint is not None:
             from logah.data.tokenization import tokenizer_fingerprint
 
@@ -154,17 +132,17 @@ def reinitialised(arch: Arch, trained: TrainedOn, *, dataset: str | None = None,
                               f"({trained.tokenizer_name}): the embeddings and LM head are "
                               f"re-initialised, only the rest is predicted (leave the tokenizer "
                               f"at 'auto' to use the GHN's)", TransferWarning, stacklevel=3)
-                return EMBEDDING_NAMES
+                return outputs
             return ()
-        return EMBEDDING_NAMES if _other_width(trained, arch.vocab_size) else ()
-    if _other_width(trained, arch.num_classes):
-        return CLASSIFIER_NAMES
+        return outputs if _other_width(trained, family.num_outputs(arch)) else ()
+    if _other_width(trained, family.num_outputs(arch)):
+        return outputs
     if dataset is not None and trained.dataset is not None and dataset != trained.dataset:
         if keep_classifier:
             return ()
         log.info("classifier re-initialised: the GHN was trained on %s, the target is for %s",
                  trained.dataset, dataset)
-        return CLASSIFIER_NAMES
+        return outputs
     return ()
 
 

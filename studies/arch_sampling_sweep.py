@@ -23,7 +23,7 @@ CPU_DEPTHS = Variants(
     default={},
 )
 
-# parameter caps differ by family: GPT-2s are dominated by their 4096-token embeddings
+# parameter caps differ by family: language models are dominated by their 4096-token embeddings
 CPU = {"ghn_training.space.num_archs": Choice(10, 100, 1000),
        "ghn_training.meta_batch": Choice(1, 2, 4), "widths": CPU_WIDTHS, "depths": CPU_DEPTHS}
 
@@ -35,6 +35,7 @@ STUDY = Study(
         "smoke": {"ghn_training.space.num_archs": Choice(10, 100)},
         "cpu:vit": {**CPU, "ghn_training.space.max_params": Choice(50_000, 200_000)},
         "cpu:gpt2": {**CPU, "ghn_training.space.max_params": Choice(300_000, 1_000_000)},
+        "cpu:llama": {**CPU, "ghn_training.space.max_params": Choice(300_000, 1_000_000)},
         "paper": {"ghn_training.space.num_archs": Choice(100, 1000, 10_000),
                   "ghn_training.meta_batch": Choice(1, 4, 8)},
     },

@@ -35,10 +35,13 @@ STUDY = Study(
         "smoke": {"init": INITS, "finetune.seed": Choice(0, 1)},
         "cpu:vit": {"init": INITS, "seed": SEEDS, "finetune.lr": Choice(0.02, 0.05, 0.1)},
         "cpu:gpt2": {"init": INITS, "seed": SEEDS, "finetune.lr": Choice(2e-3, 4e-3, 8e-3)},
+        "cpu:llama": {"init": INITS, "seed": SEEDS, "finetune.lr": Choice(2e-3, 4e-3, 8e-3)},
         "paper:vit": {"init": PAPER_INITS, "finetune.seed": Choice(0, 1, 2),
                       "finetune.lr": Choice(0.01, 0.02, 0.05, 0.1)},
         "paper:gpt2": {"init": PAPER_INITS, "finetune.seed": Choice(0, 1, 2),
                        "finetune.lr": Choice(1e-6, 3e-6, 1e-5, 3e-5)},
+        "paper:llama": {"init": PAPER_INITS, "finetune.seed": Choice(0, 1, 2),
+                        "finetune.lr": Choice(1e-6, 3e-6, 1e-5, 3e-5)},
     },
 )
 

@@ -9,7 +9,9 @@ import pytest  # noqa: E402
 
 from logah.ghn import build_ghn  # noqa: E402
 from logah.presets import get_preset  # noqa: E402
-from logah.targets import GPT2Arch, ViTArch  # noqa: E402
+from logah.families.gpt2 import GPT2Arch  # noqa: E402
+from logah.families.llama import LlamaArch  # noqa: E402
+from logah.families.vit import ViTArch  # noqa: E402
 
 SMALL_VIT = ViTArch(num_layers=2, hidden_dim=32, num_heads=2, mlp_dim=64, image_size=16,
                     patch_size=4, num_classes=10)
@@ -18,6 +20,14 @@ WIDE_VIT = ViTArch(num_layers=3, hidden_dim=48, num_heads=4, mlp_dim=96, image_s
 SMALL_GPT = GPT2Arch(n_layer=2, n_embd=32, n_head=2, vocab_size=100, n_positions=64)
 TIED_GPT = GPT2Arch(n_layer=2, n_embd=32, n_head=2, vocab_size=100, n_positions=64,
                     tie_word_embeddings=True)
+
+SMALL_LLAMA = LlamaArch(num_hidden_layers=2, hidden_size=32, num_attention_heads=4,
+                        num_key_value_heads=2, intermediate_size=80, vocab_size=100,
+                        max_position_embeddings=64)
+TIED_LLAMA = LlamaArch(num_hidden_layers=2, hidden_size=32, num_attention_heads=4,
+                       num_key_value_heads=4, intermediate_size=64, vocab_size=100,
+                       max_position_embeddings=64, tie_word_embeddings=True)
+SMALL_TARGETS = {"vit": SMALL_VIT, "gpt2": SMALL_GPT, "llama": SMALL_LLAMA}
 
 
 @pytest.fixture(params=["logah-test", "ghn3-test"])

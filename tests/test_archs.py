@@ -7,12 +7,16 @@ import json
 
 import pytest
 
-from logah.archs import (CPU_TARGETS, HELD_OUT_POOL, SPACES, GPT2Space, ViTSpace, WidthBand,
+from logah.archs import (HELD_OUT_POOL, SPACES,
                          arch_params, describe_archs, format_description, get_space, load_archs,
                          sample_archs, sample_held_out, save_archs, space_from_dict, space_to_dict)
 from logah.errors import LogahError
+from logah.families import FAMILIES, family_of, panels
 from logah.graph import build_graph
-from logah.targets import (NAMED_TARGETS, GPT2Arch, ViTArch, arch_to_dict, build_model,
+from logah.families.gpt2 import GPT2Arch, GPT2Space
+from logah.families.vit import ViTArch, ViTSpace
+from logah.spaces import WidthBand
+from logah.targets import (NAMED_TARGETS, arch_to_dict, build_model,
                            count_params)
 
 
@@ -67,7 +71,7 @@ def test_sampling_is_deterministic_in_the_seed(samples):
 
 def test_analytic_param_counts_match_the_built_modules(samples):
     picks = [a for name in SPACES for a in distinct(samples[name])[:6]]
-    picks += list(NAMED_TARGETS.values()) + list(CPU_TARGETS.values())
+    picks += list(NAMED_TARGETS.values())
     picks.append(GPT2Arch(n_layer=2, n_embd=32, n_head=4, vocab_size=100, tie_word_embeddings=True))
     picks.append(ViTArch(num_layers=1, hidden_dim=24, num_heads=3, mlp_dim=50, image_size=28,
                          patch_size=7, num_classes=3))
@@ -86,30 +90,42 @@ def test_graphs_build_for_sampled_architectures(samples):
     for name in SPACES:
         for arch in samples[name][:20]:
             g = build_graph(build_model(arch, "meta"), arch)
-            assert "msa" in g.ops and g.ops.count("msa") == (arch.num_layers if isinstance(arch, ViTArch)
-                                                              else arch.n_layer)
+            assert "msa" in g.ops and g.ops.count("msa") == arch.depth == g.n_layer
 
 
-def test_cpu_spaces_are_small_and_cpu_targets_are_larger_than_them(samples):
-    for space_name, prefix in (("vits-cpu", "vit-cpu-target"), ("gpts-cpu", "gpt2-cpu-target")):
-        space = get_space(space_name)
-        archs = samples[space_name]
-        assert max(arch_params(a) for a in archs) < 1_000_000
-        assert space.depth_min == 1 and space.depth_max == 4
-        widths = [w for b in space.width_bands for w in b.widths()]
-        assert 10 <= min(widths) and max(widths) < 100                      # widths of tens
-        targets = [t for n, t in CPU_TARGETS.items() if n.startswith(prefix)]
-        assert targets
-        for t in targets:
-            if isinstance(t, ViTArch):
-                assert t.num_layers > space.depth_max and t.hidden_dim > max(widths)
-                assert (t.image_size, t.num_classes) == (space.image_size, space.num_classes)
-                assert t.patch_size in space.patch_sizes
-            else:
-                assert t.n_layer > space.depth_max and t.n_embd > max(widths)
-                assert (t.vocab_size, t.n_positions, t.tie_word_embeddings) == (
-                    space.vocab_size, space.n_positions, space.tie_word_embeddings)
-            assert arch_params(t) > space.max_params_in_space()
+@pytest.mark.parametrize("family", FAMILIES.values(), ids=list(FAMILIES))
+def test_cpu_spaces_are_small_and_cpu_targets_are_larger_than_them(samples, family):
+    space = get_space(family.scales["cpu"].space)
+    archs = samples[space.name]
+    assert max(arch_params(a) for a in archs) < 1_000_000
+    assert space.depth_min == 1 and space.depth_max == 4
+    widths = [w for b in space.width_bands for w in b.widths()]
+    assert 10 <= min(widths) and max(widths) < 100                      # widths of tens
+    main = f"{family.name}-cpu-target"
+    targets = {name: family.targets[name] for name in (main, main + "-l")}
+    for name, t in targets.items():
+        assert t.depth > space.depth_max and t.width > max(widths), name
+        assert arch_params(t) > space.max_params_in_space()
+        assert family.num_outputs(t) == family.num_outputs(archs[0])   # the space's classes / vocabulary
+    assert family.novelties(targets[main], space) == []     # only deeper and wider
+
+
+@pytest.mark.parametrize("panel", list(panels()))
+def test_panels_vary_the_shape_and_go_beyond_the_training_space(panel):
+    """A panel compares inits on targets of several shapes, at least two deeper and wider than
+    the family's CPU training space."""
+    targets = [NAMED_TARGETS[name] for name in panels()[panel]]
+    family = family_of(targets[0])
+    space = get_space(family.scales["cpu"].space)
+    beyond = [t for t in targets if t.depth > space.depth_max
+              and t.width > max(w for b in space.width_bands for w in b.widths())]
+    assert len(targets) >= 2 and len(beyond) >= 2 and {t.family for t in targets} == {family.name}
+    assert len({t.depth for t in targets}) == len({t.width for t in targets}) == len(targets)
+    if family.name == "vit":     # the issue's four ViT shapes: every knob varies
+        assert len(targets) >= 4
+        for field in ("num_heads", "patch_size", "image_size"):
+            assert len({getattr(t, field) for t in targets}) >= 3, field
+        assert len({t.mlp_dim / t.hidden_dim for t in targets}) >= 3
 
 
 @pytest.mark.parametrize("suffix", [".json", ".parquet"])
@@ -193,8 +209,10 @@ def test_impossible_gpt2_spaces_and_bad_names():
 
 
 # Distinct configurations that a second draw of 10 x num_archs finds outside the training list
-# (seed 1): the paper spaces and gpts-cpu have none to spare, vits-cpu has 22.
-UNSEEN = {"vits-1k": 0, "gpts-1k": 0, "vits-cpu": 22, "gpts-cpu": 0}
+# (seed 1): the paper spaces and gpts-cpu have none to spare, vits-cpu has 22; the Llama spaces
+# (which also draw KV heads, MLP ratio and tying) have far more configurations than draws.
+UNSEEN = {"vits-1k": 0, "gpts-1k": 0, "vits-cpu": 22, "gpts-cpu": 0, "llamas-1k": 122,
+          "llamas-cpu": 337}
 
 
 @pytest.mark.parametrize("name", sorted(SPACES))

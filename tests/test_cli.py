@@ -121,13 +121,13 @@ def test_ghn_info_reads_a_checkpoint_folder(tmp_path, capsys):
     assert "not a GHN checkpoint" in capsys.readouterr().err
 
 
-def test_predict_reports_prediction_and_save_times_separately(tmp_path, capsys):
+def test_predict_reports_its_size_and_times(tmp_path, capsys):
     assert main(["predict", "--ghn", "logah-test", "--target", "vit-cpu-target",
-                 "--out", str(tmp_path / "out")]) == 0
+                 "--out", str(tmp_path / "out"), "--dtype", "bfloat16"]) == 0
     line = capsys.readouterr().out.splitlines()[0]
     import re
-    assert re.fullmatch(r"predicted \d+\.\dM parameters of vit-cpu-target in \d+\.\d\d s "
-                        r"\(graph traced in \d+\.\d\d s, saved in \d+\.\d\d s\)", line), line
+    assert re.fullmatch(r"predicted 0\.7M parameters of vit-cpu-target and wrote 1\.3 MiB "
+                        r"\(bfloat16\) in \d+\.\d\d s \(graph traced in \d+\.\d\d s\)", line), line
 
 
 def test_named_targets_say_what_they_are():

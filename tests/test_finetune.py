@@ -17,7 +17,8 @@ from logah.inits import INIT_KINDS, default_model, initial_model
 from logah.predict import predict_params
 from logah.checkpoint import load_ghn
 from logah.presets import get_preset
-from logah.targets import GPT2Arch, arch_to_dict
+from logah.families.gpt2 import GPT2Arch
+from logah.targets import arch_to_dict
 from logah.tasks import DataConfig
 from logah.training import LocalReporter, train_ghn
 from logah.ghn_store import config_key

@@ -14,7 +14,8 @@ from logah.layout import WEIGHT, ParamSpec
 from logah.postprocess import weight_scale
 from logah.predict import bound_forward
 from logah.presets import get_preset
-from logah.targets import GPT2Arch, build_model, example_input
+from logah.families.gpt2 import GPT2Arch
+from logah.targets import build_model, example_input
 
 ARCHS = [SMALL_VIT, WIDE_VIT, SMALL_GPT, TIED_GPT]
 

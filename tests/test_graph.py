@@ -10,7 +10,10 @@ from torch import nn
 from conftest import SMALL_GPT, SMALL_VIT, TIED_GPT
 from logah.errors import LogahError
 from logah.graph import DEFAULT_EDGE_CUTOFF, build_graph, graph_of
-from logah.targets import NAMED_TARGETS, GPT2Arch, ViTArch, build_model
+from logah.families import get_family
+from logah.families.gpt2 import GPT2Arch
+from logah.families.vit import ViTArch
+from logah.targets import NAMED_TARGETS, build_model
 
 GOLDEN_VIT = {"input": 1, "conv": 10, "bias": 10, "pos_enc": 2, "ln": 5, "msa": 2, "sum": 4}
 GOLDEN_GPT = {"input": 1, "pos_enc": 2, "sum": 5, "ln": 5, "conv": 9, "bias": 8, "msa": 2}
@@ -75,7 +78,8 @@ def test_attention_is_msa_on_every_kernel():
     graphs = []
     for attn in ("eager", "sdpa"):
         with torch.device("meta"):
-            model = GPT2LMHeadModel._from_config(SMALL_GPT.hf_config(), attn_implementation=attn)
+            model = GPT2LMHeadModel._from_config(get_family("gpt2").hf_config(SMALL_GPT),
+                                                     attn_implementation=attn)
         graphs.append(build_graph(model, SMALL_GPT))
     graphs.append(build_graph(build_model(SMALL_VIT, "cpu"), SMALL_VIT))
     graphs.append(graph_of(SMALL_VIT))

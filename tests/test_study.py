@@ -90,7 +90,7 @@ def test_every_preset_of_every_study_builds_valid_trials(script):
         values = [p.grid() if plan.search == "grid" else p.corners() for p in plan.space.values()]
         for combo in itertools.product(*values):
             trial = plan.trial_config(dict(zip(plan.space, combo)))
-            assert trial.finetune.arch.family == ("vit" if task == "vit" else "gpt2")
+            assert trial.finetune.arch.family == task
     paper = plan_study(study, StudyOptions(preset="paper", task="vit", storage="/tmp/unused"))
     assert paper.trial_config({}).ghn_training.space["name"] == "vits-1k"
 

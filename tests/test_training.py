@@ -12,6 +12,7 @@ from logah.archs import SPACES, get_space, space_to_dict
 from logah.cli import main
 from logah.checkpoint import load_ghn, read_metadata
 from logah.errors import LogahError
+from logah.families import get_family
 from logah.presets import get_preset
 from logah.tasks import DataConfig
 from logah.predict import bound_forward
@@ -185,16 +186,17 @@ def test_preset_spaces_train_fitted_archs_and_hold_out_unseen_ones(name, caplog)
     """Every preset space: architectures are sized for the data (10 digit classes, the 1024-token
     vocabulary, whatever the space says), held-out ones are never in the training list, and a
     space with none to spare says so once and reports no held-out metric."""
-    data = dataclasses.replace(TEXT if name.startswith("gpts") else DIGITS, batch_size=4)
+    family = get_family(get_space(name).family)
+    text = family.data_kind == "text"
+    data = dataclasses.replace(TEXT if text else DIGITS, batch_size=4)
     with caplog.at_level(logging.WARNING, logger="logah.training"):
         trainer = GHNTrainer(tiny_config(space=space_to_dict(get_space(name)), data=data,
                                          heldout_archs=4))
-    outputs = {a.vocab_size if name.startswith("gpts") else a.num_classes
-               for a in trainer.archs + trainer.heldout}
-    assert outputs == {1024 if name.startswith("gpts") else 10} == {trainer.task.num_outputs}
+    outputs = {family.num_outputs(a) for a in trainer.archs + trainer.heldout}
+    assert outputs == {1024 if text else 10} == {trainer.task.num_outputs}
     assert not set(trainer.heldout) & set(trainer.archs)
     warnings = [r.getMessage() for r in caplog.records if r.name == "logah.training"]
-    if name == "vits-cpu":
+    if name in ("vits-cpu", "llamas-cpu", "llamas-1k"):   # configurations to spare
         assert len(set(trainer.heldout)) == 4 and not warnings
     else:
         assert trainer.heldout == [] and trainer.evaluate() == {}

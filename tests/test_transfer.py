@@ -18,7 +18,9 @@ from logah.finetune import Finetuner, evaluate_init, finetune
 from logah.inits import initial_model
 from logah.predict import predict_params
 from logah.presets import get_preset
-from logah.targets import GPT2Arch, ViTArch, arch_to_dict
+from logah.families.gpt2 import GPT2Arch
+from logah.families.vit import ViTArch
+from logah.targets import arch_to_dict
 from logah.tasks import DataConfig, make_task
 from logah.training import train_ghn
 from logah.transfer import TransferWarning, novelties

@@ -30,10 +30,6 @@ SETTING_LABELS = {
     "finetune.optimizer": "fine-tuning optimiser",
     "finetune.weight_decay": "fine-tuning weight decay",
     "finetune.data.batch_size": "fine-tuning batch size",
-    "finetune.target.hidden_dim": "target width (ViT hidden size)",
-    "finetune.target.num_layers": "target depth (ViT layers)",
-    "finetune.target.n_embd": "target width (GPT-2 embedding size)",
-    "finetune.target.n_layer": "target depth (GPT-2 layers)",
     "seed": "seed",
     "ghn_params": "GHN parameters",
     "wall_s": "trial wall time (s)",
@@ -50,6 +46,17 @@ METRIC_LABELS = {
 }
 
 VALUE_LABELS = {"best": "best", "final": "final", "zero_shot": "zero-shot (step 0)", "test": "test"}
+
+
+def _target_labels() -> dict[str, str]:
+    """``finetune.target.FIELD`` of every family, in the family's words."""
+    from logah.families import FAMILIES
+
+    return {f"finetune.target.{field}": f"target {words}"
+            for family in FAMILIES.values() for field, words in family.field_labels.items()}
+
+
+SETTING_LABELS.update(_target_labels())
 
 
 def setting_label(name: str) -> str:

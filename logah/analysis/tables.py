@@ -207,11 +207,10 @@ def _records(trials: pd.DataFrame, prefix: str) -> list[dict]:
 
 @cache
 def _named_targets() -> dict[tuple, str]:
-    """Named target architectures (paper and CPU ones), keyed by their flattened record."""
-    from logah.archs import CPU_TARGETS
-    from logah.targets import NAMED_TARGETS, arch_to_dict
+    """Named target architectures (every family's), keyed by their flattened record."""
+    from logah.families import named_targets
 
-    return {_key(arch_to_dict(arch)): name for name, arch in {**NAMED_TARGETS, **CPU_TARGETS}.items()}
+    return {_key(arch.to_dict()): name for name, arch in named_targets().items()}
 
 
 def _key(record: dict) -> tuple:
@@ -223,18 +222,23 @@ def _missing(value) -> bool:
 
 
 def _target_label(record: dict, meta: dict) -> str:
-    """The target's name (``vit-cpu-target``) when it is a named one, else its family and size."""
+    """The target's name (``vit-cpu-target``) when it is a named one, else its family and
+    shape (``vit 6x96/4h p4 32px``)."""
     if not record:   # the study record names its target, or holds its architecture record
         record = meta.get("target")
         if not isinstance(record, dict):
             return str(record or "target")
-    record = {k: (int(v) if isinstance(v, float) and v.is_integer() else v) for k, v in record.items()}
+    record = {k: (int(v) if isinstance(v, float) and v.is_integer() else v)
+              for k, v in record.items() if not _missing(v)}
     name = _named_targets().get(_key(record))
     if name:
         return name
-    depth = record.get("num_layers", record.get("n_layer"))
-    width = record.get("hidden_dim", record.get("n_embd"))
-    return f"{record.get('family', 'target')} {depth}x{width}"
+    from logah.targets import arch_from_dict
+
+    try:
+        return f"{record.get('family')} {arch_from_dict(record).shape_label()}"
+    except LogahError:
+        return str(record.get("family") or "target")
 
 
 def _init_label(row: dict) -> str:
