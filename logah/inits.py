@@ -28,11 +28,9 @@ import torch
 from torch import nn
 
 from logah.errors import LogahError
+from logah.init_kinds import GHN_INITS, INIT_KINDS
 from logah.targets import Arch, arch_to_dict, build_model
 
-BASELINE_INITS = ("random", "orthogonal")
-GHN_INITS = {"ghn3": "tiled", "logah": "low-rank"}   # init name -> decoder of its checkpoint
-INIT_KINDS = BASELINE_INITS + tuple(GHN_INITS)
 
 
 def default_model(arch: Arch, seed: int, device: str | torch.device = "cpu") -> nn.Module:

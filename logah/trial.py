@@ -31,7 +31,7 @@ from typing import Callable
 from logah.errors import LogahError
 from logah.finetune import FinetuneConfig, finetune
 from logah.ghn_store import GHNTrainFn, shared_ghn
-from logah.inits import GHN_INITS
+from logah.init_kinds import GHN_INITS
 from logah.io import ConfigRecord, write_json
 from logah.training import METRICS_FILE, TrainConfig, train_ghn
 

@@ -13,7 +13,8 @@ from logah.cli import main
 from logah.errors import LogahError
 from logah.finetune import (FinetuneConfig, Finetuner, evaluate_init, export_finetuned, finetune,
                             load_finetuned)
-from logah.inits import INIT_KINDS, default_model, initial_model
+from logah.init_kinds import INIT_KINDS
+from logah.inits import default_model, initial_model
 from logah.predict import predict_params
 from logah.checkpoint import load_ghn
 from logah.presets import get_preset

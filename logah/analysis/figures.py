@@ -28,7 +28,7 @@ from logah.analysis.labels import direction, metric_label, metric_scale, setting
 from logah.analysis.stats import aggregate_seeds, pareto_front
 from logah.analysis.tables import Study, load_optuna_study
 from logah.errors import LogahError
-from logah.inits import GHN_INITS
+from logah.init_kinds import GHN_INITS
 
 TEMPLATE = "plotly_white"
 PANEL_HEIGHT = 420

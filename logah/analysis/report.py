@@ -24,7 +24,7 @@ from plotly.offline import get_plotlyjs
 from logah.analysis.figures import Panel, study_panels
 from logah.analysis.labels import direction, metric_scale, setting_label, value_label
 from logah.analysis.tables import STATUS_COMPLETE, STATUS_FAILED, Study, load_studies
-from logah.inits import GHN_INITS
+from logah.init_kinds import GHN_INITS
 from logah.io import atomic_write_text
 
 REPORT_FILE = "report.html"

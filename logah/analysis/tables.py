@@ -27,6 +27,7 @@ from typing import Iterable
 import pandas as pd
 
 from logah.errors import LogahError
+from logah.init_kinds import GHN_INITS, PAPER_NAMES
 from logah.io import atomic_file, read_json
 
 STUDY_FILE = "study.json"
@@ -40,7 +41,6 @@ STATUS_FAILED = "FAILED"
 TARGET_PREFIX = "finetune.target."
 DATASET = "finetune.data.dataset"
 GHN_PREFIX = "ghn_training.ghn."
-_INIT_NAMES = {"random": "RandInit", "orthogonal": "OrthInit", "ghn3": "GHN-3", "logah": "LoGAH"}
 
 
 @dataclass(frozen=True)
@@ -183,7 +183,7 @@ def _tidy_trials(trials: pd.DataFrame, meta: dict) -> pd.DataFrame:
     trials["target"] = [_target_label(row, meta) for row in _records(trials, TARGET_PREFIX)]
     trials["dataset"] = trials[DATASET] if DATASET in trials else meta.get("dataset")
     init = trials["finetune.init"] if "finetune.init" in trials else pd.Series("", index=trials.index)
-    trials["init_kind"] = [_INIT_NAMES.get(str(i), str(i)) for i in init]
+    trials["init_kind"] = [PAPER_NAMES.get(str(i), str(i)) for i in init]
     trials["init_label"] = [_init_label(row) for row in trials.to_dict("records")]
     return trials
 
@@ -246,10 +246,8 @@ def _init_label(row: dict) -> str:
     OrthInit, or LoGAH / GHN-3 with the GHN's preset and meta-batch (``LoGAH-T/m1``). A GHN
     that differs from its nearest preset in a setting or two says how (``LoGAH-CPU r=4/m1``);
     one far from every preset gives its size (``LoGAH d=48, r=12/m1``)."""
-    from logah.inits import GHN_INITS
-
     init = str(row.get("finetune.init", ""))
-    name = _INIT_NAMES.get(init, init or "unknown")
+    name = PAPER_NAMES.get(init, init or "unknown")
     if init not in GHN_INITS:
         return name
     ghn = {k.removeprefix(GHN_PREFIX): v for k, v in row.items()
