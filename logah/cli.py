@@ -14,6 +14,7 @@ import time
 import warnings
 from pathlib import Path
 
+from logah.cli_settings import Alias, add_setting_options, settings_from_args
 from logah.errors import LogahError
 
 
@@ -106,51 +107,109 @@ def _cmd_archs_describe(args: argparse.Namespace) -> None:
     print(json.dumps(description) if args.json else format_description(description))
 
 
-def _default(value, default):
-    """An option's value, or ``default`` when it was not given (0 is a value, not "not given")."""
-    return default if value is None else value
+# Short flags of the run commands: each is ``--set PATH=VALUE`` (logah.cli_settings).
+TRAIN_ALIASES = [
+    Alias("--ghn", "ghn", "GHN preset to start from (logah-cpu, logah-t, ghn3-s, ...)"),
+    Alias("--decoder", "ghn.decoder", "GHN decoder", choices=("low-rank", "tiled")),
+    Alias("--hidden", "ghn.hidden", "GHN hidden size d"),
+    Alias("--layers", "ghn.layers", "GHN layers L"),
+    Alias("--heads", "ghn.heads", "GHN attention heads H"),
+    Alias("--rank", "ghn.rank", "low-rank decoder rank r"),
+    Alias("--unit-grid", "ghn.unit_grid", "low-rank: read factor rows at relative positions of "
+                                          "a grid of this many rows (0: the paper's per-unit rows)"),
+    Alias("--weight-scaling", "ghn.weight_scaling", "predicted weights scaled by sqrt(2/fan_in) "
+          "(He, the paper's) or sqrt(2·G)/fan_in with the unit grid G",
+          choices=("fan-in", "mean-field")),
+    Alias("--space", "space", "architecture space (vits-cpu, gpts-1k, llamas-cpu, ...)"),
+    Alias("--data", "data.dataset", "dataset (default: the space family's offline one)"),
+    Alias("--batch-size", "data.batch_size", "images or token blocks per step and worker"),
+    Alias("--block-size", "data.block_size", "tokens per block (text)"),
+    Alias("--tokenizer", "data.tokenizer", "text: auto, bpe, bpe:CORPUS, gpt2, or a folder with "
+                                           "vocab.json + merges.txt"),
+    Alias("--steps", "steps", "optimizer steps"),
+    Alias("--meta-batch", "meta_batch", "architectures per step and worker (m)"),
+    Alias("--lr", "lr", "learning rate"),
+    Alias("--ema", "ema_decay", "EMA decay of the GHN weights (0: off)"),
+    Alias("--seed", "seed", "seed of everything random"),
+    Alias("--checkpoint-every", "checkpoint_every", "steps between checkpoints"),
+]
 
+FINETUNE_ALIASES = [
+    Alias("--init", "init", "random | orthogonal | mimetic | lsuv | ghn3 | logah (both need "
+                            "--ghn) | a logah predict folder"),
+    Alias("--ghn", "ghn", "GHN checkpoint folder (for --init ghn3 / logah)"),
+    Alias("--data", "data.dataset", "dataset (default: the target family's offline one)"),
+    Alias("--batch-size", "data.batch_size", "images or token blocks per step and worker "
+                                             "(default: the family's cpu-scale one)"),
+    Alias("--block-size", "data.block_size", "tokens per block (text)"),
+    Alias("--tokenizer", "data.tokenizer", "text: auto (a text GHN's own tokenizer when starting "
+          "from one, else bpe), bpe, bpe:CORPUS, gpt2, or a folder with vocab.json + merges.txt"),
+    Alias("--eval-batches", "data.eval_batches", "validation batches per evaluation (0: the "
+                                                 "whole split)"),
+    Alias("--keep-classifier", "keep_classifier", "a GHN trained on another image dataset: keep "
+          "its predicted classifier (same width only; default: re-initialised, as in the paper)"),
+    Alias("--init-noise", "init_noise", "ghn3 / logah: add ALPHA x the target's default init to "
+          "every predicted weight matrix (not the paper's)"),
+    Alias("--seed", "seed", "seed of everything random"),
+]
 
-def _default_dataset(family: str) -> str:
-    """The offline dataset a family trains on when --data is not given."""
-    from logah.families import get_family
-
-    return get_family(family).default_dataset
-
-
-def _batch_size(arch, given: int | None, images: int, blocks: int) -> int:
-    """``given``, else the default for the target's data: ``images`` or ``blocks`` of text."""
-    from logah.families import IMAGE, family_of
-
-    return _default(given, images if family_of(arch).data_kind == IMAGE else blocks)
+_PRESET = "--preset's"
+RUN_ALIASES = [
+    Alias("--optimizer", "optimizer", "optimizer", choices=("sgd", "adamw"), default=_PRESET),
+    Alias("--lr", "lr", "learning rate", default=_PRESET),
+    Alias("--weight-decay", "weight_decay", "weight decay (matrices only)", default=_PRESET),
+    Alias("--warmup", "warmup_steps", "warm-up steps", default=_PRESET),
+    Alias("--steps", "steps", "optimizer steps", default=_PRESET),
+    Alias("--grad-clip", "grad_clip", "max gradient norm (0: off)", default=_PRESET),
+    Alias("--eval-every", "eval_every", "steps between validation reports", default=_PRESET),
+    Alias("--no-final-test", "final_test", "skip the final evaluation on the whole test split"),
+]
 
 
 def _train_config(args: argparse.Namespace):
-    import dataclasses
-
-    from logah.archs import get_space, space_to_dict
-    from logah.presets import get_preset
-    from logah.tasks import DataConfig
+    from logah.archs import space_from_dict
+    from logah.families import family_of
+    from logah.settings import with_settings
     from logah.training import TrainConfig
 
-    overrides = {k: v for k, v in (("decoder", args.decoder), ("hidden", args.hidden),
-                                   ("layers", args.layers), ("heads", args.heads),
-                                   ("rank", args.rank), ("unit_grid", args.unit_grid),
-                                   ("weight_scaling", args.weight_scaling))
-                 if v is not None}
-    ghn = dataclasses.replace(get_preset(args.ghn), **overrides)
-    space = get_space(args.space)
-    space_record = space_to_dict(space)
-    data = DataConfig(dataset=args.data or _default_dataset(space_record["family"]),
-                      batch_size=args.batch_size, tokenizer=args.tokenizer, block_size=args.block_size)
-    return TrainConfig(ghn=ghn, space=space_record, data=data, steps=args.steps,
-                       meta_batch=args.meta_batch, lr=args.lr, ema_decay=args.ema,
-                       seed=args.seed, checkpoint_every=args.checkpoint_every)
+    settings = settings_from_args(args, TRAIN_ALIASES)
+    record = with_settings(TrainConfig().to_dict(), settings)
+    if "data.dataset" not in settings:    # the offline data of the space's family
+        record["data"]["dataset"] = family_of(space_from_dict(record["space"])).default_dataset
+    config = TrainConfig.from_dict(record)
+    return config
+
+
+def _target_record(args: argparse.Namespace, preset: str | None) -> dict:
+    """A ``FinetuneConfig`` record for ``--target``, with the optimisation settings of
+    ``preset`` (default: the target family's CPU one) and the family's offline data."""
+    from logah.families import family_of
+    from logah.finetune import FinetuneConfig, finetune_preset
+    from logah.targets import resolve_target
+    from logah.tasks import DataConfig
+
+    arch = resolve_target(args.target)
+    family = family_of(arch)
+    scale = family.scales["cpu"]
+    data = DataConfig(dataset=family.default_dataset,
+                      batch_size=(scale.finetune_data or scale.data)["batch_size"])
+    return FinetuneConfig(target=arch.to_dict(), data=data,
+                          **finetune_preset(preset or f"{family.name}-cpu")).to_dict()
+
+
+def _finetune_config(args: argparse.Namespace):
+    from logah.finetune import FinetuneConfig
+    from logah.settings import with_settings
+
+    settings = settings_from_args(args, FINETUNE_ALIASES + RUN_ALIASES)
+    config = FinetuneConfig.from_dict(with_settings(_target_record(args, args.preset), settings))
+    config.validate()
+    return config
 
 
 def _cmd_train_ghn(args: argparse.Namespace) -> None:
-    from logah.runs import METRICS_FILE
-    from logah.training import read_jsonl, train_ghn
+    from logah.runs import METRICS_FILE, read_metrics
+    from logah.training import train_ghn
 
     config = _train_config(args)
     config.validate()
@@ -163,35 +222,12 @@ def _cmd_train_ghn(args: argparse.Namespace) -> None:
         _check_local_run(args)
         train_ghn(config, args.out, resume=args.resume, overwrite=args.overwrite,
                   device="cuda" if args.gpu else "cpu")
-    history = read_jsonl(Path(args.out) / METRICS_FILE)
+    history = read_metrics(Path(args.out) / METRICS_FILE)
     final = [m for m in history if any(k.startswith("heldout_") for k in m)]
     if final:
         shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in final[-1].items()}
         print("final:", json.dumps(shown))
     print(f"output: {Path(args.out).resolve()}")
-
-
-def _finetune_config(args: argparse.Namespace):
-    from logah.finetune import FinetuneConfig, finetune_preset
-    from logah.targets import arch_to_dict, resolve_target
-    from logah.tasks import DataConfig
-
-    arch = resolve_target(args.target)
-    settings = finetune_preset(args.preset or f"{arch.family}-cpu")
-    overrides = {"optimizer": args.optimizer, "lr": args.lr, "weight_decay": args.weight_decay,
-                 "warmup_steps": args.warmup, "steps": args.steps, "grad_clip": args.grad_clip,
-                 "eval_every": args.eval_every}
-    settings.update({k: v for k, v in overrides.items() if v is not None})
-    data = DataConfig(dataset=args.data or _default_dataset(arch.family),
-                      batch_size=_batch_size(arch, args.batch_size, 64, 16),
-                      block_size=args.block_size, tokenizer=args.tokenizer,
-                      eval_batches=args.eval_batches)
-    config = FinetuneConfig(target=arch_to_dict(arch), init=args.init, ghn=args.ghn, data=data,
-                            seed=args.seed, keep_classifier=args.keep_classifier,
-                            init_noise=args.init_noise, final_test=not args.no_final_test,
-                            **settings)
-    config.validate()
-    return config
 
 
 def _cmd_finetune(args: argparse.Namespace) -> None:
@@ -216,20 +252,19 @@ def _cmd_finetune(args: argparse.Namespace) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
-    from logah.finetune import evaluate_init
-    from logah.targets import resolve_target
-    from logah.tasks import DataConfig
+    from logah.finetune import FinetuneConfig, evaluate_init
+    from logah.settings import with_settings
 
-    arch = resolve_target(args.target)
-    data = DataConfig(dataset=args.data or _default_dataset(arch.family),
-                      batch_size=_batch_size(arch, args.batch_size, 256, 16),
-                      block_size=args.block_size, tokenizer=args.tokenizer,
-                      eval_split=args.split, eval_batches=args.eval_batches)
-    metrics = evaluate_init(arch, args.init, data, ghn=args.ghn, seed=args.seed,
-                            device="cuda" if args.gpu else "cpu",
-                            keep_classifier=args.keep_classifier, init_noise=args.init_noise)
-    print(json.dumps({"target": args.target, "init": args.init, "ghn": args.ghn,
-                      "dataset": data.dataset, **metrics}))
+    settings = settings_from_args(args, FINETUNE_ALIASES)
+    record = with_settings(_target_record(args, None),
+                           {"init": "logah", "data.eval_batches": 0, **settings})
+    record["data"]["eval_split"] = args.split
+    config = FinetuneConfig.from_dict(record)
+    metrics = evaluate_init(config.arch, config.init, config.data, ghn=config.ghn,
+                            seed=config.seed, device="cuda" if args.gpu else "cpu",
+                            keep_classifier=config.keep_classifier, init_noise=config.init_noise)
+    print(json.dumps({"target": args.target, "init": config.init, "ghn": config.ghn,
+                      "dataset": config.data.dataset, **metrics}))
 
 
 def _prepare_ray(args: argparse.Namespace) -> None:
@@ -297,29 +332,7 @@ def _add_run_options(p: argparse.ArgumentParser, verb: str, out_help: str) -> No
     p.add_argument("--out", required=True, help=out_help)
 
 
-def _add_target_options(p: argparse.ArgumentParser, default_init: str) -> None:
-    """Which network starts how, on which data (shared by finetune and evaluate)."""
-    p.add_argument("--target", required=True,
-                   help="vit-s|...|gpt2-l, vit-cpu-target|gpt2-cpu-target|..., or an architecture .json")
-    p.add_argument("--init", default=default_init,
-                   help="random | orthogonal | ghn3 | logah (both need --ghn) | a logah predict folder")
-    p.add_argument("--ghn", help="GHN checkpoint folder (for --init ghn3 / logah)")
-    p.add_argument("--data", help="dataset (default: fashion-mnist for ViTs, shakespeare for GPT-2s)")
-    p.add_argument("--keep-classifier", action="store_true",
-                   help="a GHN trained on another image dataset: keep its predicted classifier "
-                        "(default: re-initialised, as in the paper; same width only)")
-    p.add_argument("--init-noise", type=float, default=0.0, metavar="ALPHA",
-                   help="ghn3 / logah: add ALPHA x the target's default init of --seed to every "
-                        "predicted weight matrix (fills the directions a rank-r prediction "
-                        "leaves at zero; not the paper's)")
-
-
-def _add_text_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--block-size", type=int, default=128, help="tokens per block (text)")
-    p.add_argument("--tokenizer", default="auto",
-                   help="text: auto (a text GHN's own tokenizer when starting from one, else bpe), "
-                        "bpe (trained on the corpus, cached), bpe:CORPUS (trained on another "
-                        "corpus), gpt2, or a folder with vocab.json + merges.txt")
+_TARGET_HELP = "a named target (logah predict --help lists them) or an architecture .json"
 
 
 def _targets_help() -> str:
@@ -330,9 +343,20 @@ def _targets_help() -> str:
                                           for name in NAMED_TARGETS)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad options are one line and exit status 2, like every other mistake (argparse would
+    print its whole usage block)."""
+
+    def error(self, message: str):
+        raise LogahError(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="logah", description="LoGAH: graph hypernetworks that predict ViT and GPT-2 parameters.")
+    from logah.finetune import FinetuneConfig
+    from logah.training import TrainConfig
+
+    parser = _Parser(prog="logah", description="LoGAH: graph hypernetworks that predict the "
+                     "parameters of ViTs, GPT-2s and Llamas.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("ghn-info", help="parameter counts and config of a GHN preset or checkpoint")
@@ -368,60 +392,24 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=_cmd_archs_describe)
 
     p = sub.add_parser("train-ghn", help="train a GHN on an architecture space and a dataset")
-    p.add_argument("--ghn", default="logah-cpu", help="GHN preset to start from")
-    p.add_argument("--decoder", choices=["low-rank", "tiled"])
-    p.add_argument("--hidden", type=int)
-    p.add_argument("--layers", type=int)
-    p.add_argument("--heads", type=int)
-    p.add_argument("--rank", type=int)
-    p.add_argument("--unit-grid", type=int,
-                   help="low-rank: read factor rows at relative positions of a grid of this many "
-                        "rows (0: the paper's per-unit rows)")
-    p.add_argument("--weight-scaling", choices=["fan-in", "mean-field"],
-                   help="predicted weights scaled by sqrt(2/fan_in) (He, the paper's) or "
-                        "sqrt(2·G)/fan_in with the unit grid G (a wider layer = a finer sampling)")
-    p.add_argument("--space", default="vits-cpu", help="architecture space (vits-cpu, gpts-1k, ...)")
-    p.add_argument("--data", help="dataset (default: fashion-mnist for ViTs, shakespeare for GPT-2s)")
-    _add_text_options(p)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--meta-batch", type=int, default=1)
-    p.add_argument("--lr", type=float, default=3e-4)
-    p.add_argument("--ema", type=float, default=0.0, help="EMA decay of GHN weights (0: off)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--checkpoint-every", type=int, default=100)
+    add_setting_options(p, TrainConfig, TRAIN_ALIASES)
     _add_run_options(p, "train", "output folder (a GHN checkpoint at the end)")
     p.set_defaults(func=_cmd_train_ghn)
 
     p = sub.add_parser("finetune", help="fine-tune a target from an init (random, orthogonal, "
-                       "ghn3, logah or a predicted folder)")
-    _add_target_options(p, default_init="random")
+                       "mimetic, lsuv, ghn3, logah or a predicted folder)")
+    p.add_argument("--target", required=True, help=_TARGET_HELP)
     p.add_argument("--preset", help="optimisation preset: FAMILY-cpu or FAMILY-paper (vit-cpu, "
                    "gpt2-paper, llama-cpu, ...; default: the CPU one of the target's family)")
-    p.add_argument("--optimizer", choices=["sgd", "adamw"])
-    p.add_argument("--lr", type=float)
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--warmup", type=int, help="warm-up steps")
-    p.add_argument("--steps", type=int)
-    p.add_argument("--grad-clip", type=float, help="max gradient norm (0: off)")
-    p.add_argument("--eval-every", type=int, help="steps between validation reports")
-    p.add_argument("--eval-batches", type=int, default=10, help="validation batches (0: whole split)")
-    p.add_argument("--no-final-test", action="store_true",
-                   help="skip the final evaluation on the whole test split")
-    p.add_argument("--batch-size", type=int, help="default 64 images or 16 token blocks")
-    _add_text_options(p)
-    p.add_argument("--seed", type=int, default=0)
+    add_setting_options(p, FinetuneConfig, FINETUNE_ALIASES + RUN_ALIASES)
     _add_run_options(p, "fine-tune", "output folder: metrics.jsonl, summary.json, model/")
     p.set_defaults(func=_cmd_finetune)
 
     p = sub.add_parser("evaluate", help="metrics of a target as an init leaves it, no fine-tuning "
-                       "(a GHN's zero-shot accuracy or perplexity)")
-    _add_target_options(p, default_init="logah")
-    p.add_argument("--split", default="val", help="val or test")
-    p.add_argument("--eval-batches", type=int, default=0, help="batches to evaluate (0: whole split)")
-    p.add_argument("--batch-size", type=int, help="default 256 images or 16 token blocks")
-    _add_text_options(p)
-    p.add_argument("--seed", type=int, default=0, help="seed of the random inits")
+                       "(a GHN's zero-shot accuracy or perplexity; default --init logah)")
+    p.add_argument("--target", required=True, help=_TARGET_HELP)
+    p.add_argument("--split", default="val", choices=("val", "test"), help="split to evaluate")
+    add_setting_options(p, FinetuneConfig, FINETUNE_ALIASES)
     p.add_argument("--gpu", action="store_true", help="evaluate on GPU")
     p.set_defaults(func=_cmd_evaluate)
 
@@ -448,7 +436,13 @@ def _one_line_warning(prefix: str):
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        args = build_parser().parse_args(argv)
+    except LogahError as err:
+        command = next((a for a in argv if not a.startswith("-")), None)
+        print(f"logah{' ' + command if command else ''}: error: {err}", file=sys.stderr)
+        return 2
     try:
         with warnings.catch_warnings():       # the one-line format for this command only
             warnings.showwarning = _one_line_warning(f"logah {args.command}")

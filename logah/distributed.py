@@ -27,7 +27,6 @@ Real faults (a killed worker, a lost node) are retried.
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import urllib.parse
@@ -36,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from logah import finetune, training
+from logah import finetune, runs, training
 from logah.errors import LogahError
 from logah.io import output_errors, write_json
 from logah.runs import RAY_STORAGE_DIR, run_folder
@@ -50,15 +49,15 @@ class Job:
     """A kind of run: its config and trainer classes, how a checkpoint is exported, the config file."""
 
     config_class: type
-    trainer_class: type
+    make_trainer: Callable       # (config, rank=, world_size=, device=, resume_from=) -> Trainer
     export: Callable[[Path, Path], None]
     config_file: str
 
 
 JOBS = {"ghn": Job(training.TrainConfig, training.GHNTrainer, training.export_checkpoint,
                    training.CONFIG_FILE),
-        "finetune": Job(finetune.FinetuneConfig, finetune.Finetuner, finetune.export_finetuned,
-                        finetune.CONFIG_FILE)}
+        "finetune": Job(finetune.FinetuneConfig, finetune.make_finetuner,
+                        finetune.export_finetuned, finetune.CONFIG_FILE)}
 
 
 # --- Ray itself ----------------------------------------------------------------------------------
@@ -211,13 +210,13 @@ def _train_callbacks():
 
     class ExportCheckpoints(ray.train.UserCallback):
         """Rank 0's metrics and each persisted checkpoint, written to ``out`` as a run without
-        Ray writes them (``logah.training.LocalReporter``)."""
+        Ray writes them (``logah.runs.LocalReporter``)."""
 
         def __init__(self, job: str, out: Path):
             self.job, self.out = job, out
 
         def after_report(self, run_context, metrics: list, checkpoint) -> None:
-            recorder = training.LocalReporter(self.out, JOBS[self.job].export)
+            recorder = runs.LocalReporter(self.out, JOBS[self.job].export)
             if checkpoint is None:
                 recorder.record(metrics[0], None)
                 return
@@ -243,12 +242,12 @@ def _worker_loop(loop_config: dict) -> None:
         if write is None:
             ray.train.report(metrics, checkpoint=None)
             return
-        with training.scratch_folder(scratch) as folder:
+        with runs.scratch_folder(scratch) as folder:
             write(folder)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
     def run(resume_from: Path | None) -> None:
-        trainer = job.trainer_class(config, rank=context.get_world_rank(),
+        trainer = job.make_trainer(config, rank=context.get_world_rank(),
                                     world_size=context.get_world_size(),
                                     device=ray.train.torch.get_device(), resume_from=resume_from)
         trainer.run(report, progress=False)
@@ -364,7 +363,6 @@ def finetune_ray(config, out: str | Path, **options):
     """Fine-tuning (``logah.finetune.FinetuneConfig``) on Ray Train; see ``run_on_ray``. Also
     writes ``out/summary.json``, as ``logah.finetune.finetune`` does."""
     result = run_on_ray("finetune", config, out, **options)
-    lines = (Path(out) / training.METRICS_FILE).read_text().splitlines()
-    finetune.write_summary([json.loads(line) for line in lines if line.strip()], out,
+    finetune.write_summary(runs.read_metrics(Path(out) / runs.METRICS_FILE), out,
                            *finetune.target_metric(config.arch))
     return result

@@ -29,25 +29,24 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from logah.devices import check_memory, resolve_device
 from logah.errors import LogahError
-from logah.inits import check_init_noise, initial_model
-from logah.io import FRACTION, NON_NEGATIVE, POSITIVE, SEED, ConfigRecord
-from logah.predict import load_predicted, save_prediction
-from logah.progress import progress_bar
+from logah.inits import check_init_noise, check_mimetic, initial_model
+from logah.mimetic import MimeticScalars
 from logah.families import family_of, finetune_presets
+from logah.io import FRACTION, NON_NEGATIVE, POSITIVE, SEED, ConfigRecord, write_json
+from logah.predict import load_predicted, save_prediction
+from logah.runs import Reporter, copy_tree_atomic, run_local
 from logah.targets import Arch, arch_from_dict, count_params, forward
 from logah.tasks import TASKS, DataConfig, make_task
-from logah.training import Reporter, lr_factor, read_run_state, step_seed, write_run_state
+from logah.trainer import Trainer
 from logah.transfer import resolve_data
 
 STATE_FILE = "finetune_state.pt"
@@ -64,7 +63,7 @@ class FinetuneConfig(ConfigRecord):
     nested_records = {"data": DataConfig}
 
     target: dict                       # architecture record (``arch_to_dict``)
-    init: str = "random"               # random | orthogonal | ghn3 | logah | predicted folder
+    init: str = "random"               # random | orthogonal | mimetic | lsuv | ghn3 | logah | folder
     ghn: str | None = None             # GHN checkpoint folder for the ghn3 / logah inits
     data: DataConfig = field(default_factory=DataConfig)
     optimizer: Literal["sgd", "adamw"] = "sgd"
@@ -79,6 +78,11 @@ class FinetuneConfig(ConfigRecord):
     seed: int = 0
     keep_classifier: bool = False      # a GHN trained on another dataset: keep its classifier
     init_noise: float = 0.0            # GHN inits: + init_noise × the default init (logah.inits)
+    # mimetic init (logah.mimetic): W_q W_kᵀ ≈ α Z + β I, W_v W_o ≈ α Z − β I; the paper's values
+    mimetic_qk_alpha: float = 0.7
+    mimetic_qk_beta: float = 0.7
+    mimetic_vo_alpha: float = 0.4
+    mimetic_vo_beta: float = 0.4
     final_test: bool = True            # evaluate the final model on the whole test split
 
     def __post_init__(self) -> None:
@@ -90,7 +94,9 @@ class FinetuneConfig(ConfigRecord):
 
     bounds = {"lr": POSITIVE, "momentum": FRACTION, "weight_decay": NON_NEGATIVE,
               "warmup_steps": NON_NEGATIVE, "steps": POSITIVE, "grad_clip": NON_NEGATIVE,
-              "eval_every": POSITIVE, "seed": SEED, "init_noise": NON_NEGATIVE}
+              "eval_every": POSITIVE, "seed": SEED, "init_noise": NON_NEGATIVE,
+              "mimetic_qk_alpha": POSITIVE, "mimetic_qk_beta": NON_NEGATIVE,
+              "mimetic_vo_alpha": POSITIVE, "mimetic_vo_beta": NON_NEGATIVE}
 
     def validate(self) -> None:
         super().validate()     # every number finite and in ``bounds``; the data config
@@ -98,6 +104,7 @@ class FinetuneConfig(ConfigRecord):
         if self.optimizer not in ("sgd", "adamw"):
             raise LogahError(f"finetune config: optimizer must be sgd or adamw, got {self.optimizer!r}")
         check_init_noise(self.init, self.init_noise)   # a study refuses it before any trial
+        check_mimetic(self.init, MimeticScalars.of(self))
 
 
 # Optimisation settings by name (``vit-cpu``, ``gpt2-paper``, ``llama-cpu``, ...): each family's
@@ -112,136 +119,110 @@ def finetune_preset(name: str) -> dict:
     return dict(FINETUNE_PRESETS[name])
 
 
-class Finetuner:
-    """State of one rank's fine-tuning run; ``run`` does the steps."""
+class Finetuner(Trainer):
+    """One rank's fine-tuning run of an initialised model; ``run`` (``logah.trainer.Trainer``)
+    does the steps. ``make_finetuner`` resolves the data, the task and the init first."""
 
-    def __init__(self, config: FinetuneConfig, *, rank: int = 0, world_size: int = 1,
-                 device: str | torch.device = "cpu", resume_from: Path | None = None):
-        config.validate()
-        self.config, self.rank, self.world_size = config, rank, world_size
-        self.device = resolve_device(device)
-        self.data = resolve_data(config.data, config.ghn)
-        self.task = make_task(config.arch, self.data, seed=config.seed, rank=rank,
-                              world_size=world_size)
-        self.arch = self.task.fit(config.arch)
-        check_memory(count_params(self.arch), self.device, _training_copies(config.optimizer),
-                     f"fine-tuning {self.arch.family} target")
-        self.net = initial_model(self.arch, config.init, ghn=config.ghn, seed=config.seed,
-                                 device=self.device, task=self.task,
-                                 keep_classifier=config.keep_classifier,
-                                 init_noise=config.init_noise)
-        params = list(self.net.parameters())
-        if config.optimizer == "sgd":
-            self.optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
-                                             weight_decay=config.weight_decay)
-        else:
-            self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: lr_factor(s, config.warmup_steps, config.steps))
-        self.step, self.skipped, self.history = 0, 0, []
-        self.elapsed = 0.0
-        if resume_from is not None:
-            self._load_state(resume_from)
-        self.model = self.net
-        if world_size > 1 and dist.is_available() and dist.is_initialized():
-            from torch.nn.parallel import DistributedDataParallel
+    state_file = STATE_FILE
+    config_file = CONFIG_FILE
 
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.model = DistributedDataParallel(self.net, device_ids=ids)
-
-    def _autocast(self):
-        enabled = self.config.amp and self.device.type == "cuda"
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
+    def __init__(self, config: FinetuneConfig, model: torch.nn.Module, task, arch: Arch, *,
+                 rank: int = 0, world_size: int = 1, device: str | torch.device = "cpu",
+                 resume_from: Path | None = None):
+        super().__init__(config, rank=rank, world_size=world_size, device=device)
+        self.task, self.arch, self.net = task, arch, model
+        self.data = task.data
+        self.progress_label = f"fine-tune ({config.init})"
+        self.shown_metrics = (self.metric,)
+        self.setup(model, config.optimizer, resume_from=resume_from, momentum=config.momentum)
 
     @property
     def metric(self) -> str:
         return target_metric(self.arch)[0]
 
-    def train_step(self) -> float:
-        config, step = self.config, self.step
-        torch.manual_seed(step_seed(config.seed, self.rank, step))
-        x, y = self.task.batch(step, self.device)
-        self.model.train()
-        with self._autocast():
-            loss = self.task.loss(forward(self.model, self.arch, x), y)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(),
-                                                   config.grad_clip or math.inf)
-        if bool(torch.isfinite(grad_norm)) and bool(torch.isfinite(loss)):
-            self.optimizer.step()
-        else:
-            self.skipped += 1
-        self.scheduler.step()
-        self.step += 1
-        return loss.item()
+    def compute_loss(self, step: int) -> torch.Tensor:
+        x, y = self.batch(step)
+        return self.task.loss(forward(self.model, self.arch, x), y)
+
+    def due(self, step: int) -> tuple[bool, bool]:
+        due = step % self.config.eval_every == 0 or step == self.config.steps
+        return due, due
+
+    def step_metrics(self, steps: list[dict], seconds: float, checkpoint: bool) -> dict:
+        return {"step": self.step, "train_loss": float(np.nanmean([s["loss"] for s in steps])),
+                **self.evaluate(), "lr": self.scheduler.get_last_lr()[0],
+                "skipped_steps": self.skipped, "time_s": self.elapsed}
+
+    def on_start(self, report: Reporter) -> None:
+        if self.step == 0 and not self.history:
+            self.log(report, {"step": 0, "zero_shot": True, **self.evaluate()}, checkpoint=False)
+
+    def on_end(self, report: Reporter) -> None:
+        if self.config.final_test and not any(m.get("final_test") for m in self.history):
+            self.log(report, {"step": self.step, "final_test": True, **self.evaluate_test()},
+                     checkpoint=False)
+        values = [m[self.metric] for m in self.history if m.get(self.metric) is not None]
+        final = values[-1] if values else None
+        if final is not None and not math.isfinite(final):
+            raise LogahError(f"fine-tuning ended with {self.metric} = {final}: the run diverged "
+                             f"(lower the learning rate)")
 
     @torch.no_grad()
     def evaluate(self, task=None, prefix: str = "val") -> dict[str, float]:
         """Metrics of the model on ``task``'s evaluation split (default: this run's validation
         batches), keys prefixed with ``prefix``."""
         self.net.eval()
-        with self._autocast():
+        with self.autocast():
             scores = (task or self.task).evaluate(lambda x: forward(self.net, self.arch, x),
                                                   self.device)
         return {f"{prefix}_{k}": v for k, v in scores.items()}
 
     # --- state -------------------------------------------------------------------------------
-    def write_checkpoint(self, folder: Path) -> None:
-        """Fine-tuned weights (``logah predict`` layout, also what a resumed run reloads),
-        optimizer and scheduler state, metric history."""
+    def module_state(self, folder: Path) -> dict:
+        """The fine-tuned weights go to ``model/`` (the ``logah predict`` layout), which is also
+        what a resumed run reloads: not into the run state a second time."""
         params = {k: v.detach().cpu() for k, v in self.net.state_dict().items()}
         save_prediction(self.arch, params, folder / MODEL_DIR)
-        state = {"step": self.step, "skipped": self.skipped, "elapsed": self.elapsed,
-                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
-        write_run_state(folder, state, STATE_FILE, self.history, self.config, CONFIG_FILE)
+        return {}
 
-    def _load_state(self, folder: Path) -> None:
-        state, self.history = read_run_state(folder, STATE_FILE, self.config, CONFIG_FILE,
-                                             self.device)
+    def load_module(self, folder: Path, state: dict) -> None:
         _, saved = load_predicted(folder / MODEL_DIR)
-        try:
-            self.net.load_state_dict(saved.state_dict())
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
-        except (KeyError, RuntimeError, ValueError) as err:
-            raise LogahError(f"cannot resume from {folder}: state does not match ({err})") from None
-        self.step, self.skipped, self.elapsed = state["step"], state["skipped"], state["elapsed"]
-
-    # --- the loop ----------------------------------------------------------------------------
-    def run(self, report: Reporter, progress: bool = True) -> list[dict]:
-        config = self.config
-        if self.step == 0 and not self.history:
-            self._log(report, {"step": 0, "zero_shot": True, **self.evaluate()}, checkpoint=False)
-        bar = progress_bar(f"fine-tune ({config.init})", total=config.steps, initial=self.step,
-                           enabled=progress and self.rank == 0)
-        losses, start = [], time.perf_counter()
-        while self.step < config.steps:
-            losses.append(self.train_step())
-            bar.update(1)
-            if self.step % config.eval_every and self.step != config.steps:
-                continue
-            self.elapsed += time.perf_counter() - start
-            metrics = {"step": self.step, "train_loss": float(np.nanmean(losses)),
-                       **self.evaluate(), "lr": self.scheduler.get_last_lr()[0],
-                       "skipped_steps": self.skipped, "time_s": self.elapsed}
-            bar.update(0, **{self.metric: metrics[self.metric]})
-            self._log(report, metrics, checkpoint=True)
-            losses, start = [], time.perf_counter()
-        bar.close()
-        if config.final_test and not any(m.get("final_test") for m in self.history):
-            self._log(report, {"step": self.step, "final_test": True, **self.evaluate_test()},
-                      checkpoint=False)
-        return self.history
+        self.net.load_state_dict(saved.state_dict())
 
     def evaluate_test(self) -> dict[str, float]:
         """The model on the whole test split (the figure a results table reports)."""
         data = dataclasses.replace(self.data, eval_split="test", eval_batches=0)
         return self.evaluate(make_task(self.arch, data, seed=self.config.seed), prefix="test")
 
-    def _log(self, report: Reporter, metrics: dict, checkpoint: bool) -> None:
-        self.history.append(metrics)
-        report(metrics, self.write_checkpoint if checkpoint and self.rank == 0 else None)
+
+def initialised_target(config: FinetuneConfig, *, device: torch.device, copies: int, what: str,
+                       rank: int = 0, world_size: int = 1):
+    """The one place a fine-tuning run's starting point is resolved: the data (a text GHN's own
+    tokenizer, ``logah.transfer``), this rank's task, the target fitted to the data, a check
+    that ``copies`` float32 copies of it fit on ``device``, and the model as ``config.init``
+    leaves it. Returns ``(task, arch, model)``."""
+    data = resolve_data(config.data, config.ghn)
+    task = make_task(config.arch, data, seed=config.seed, rank=rank, world_size=world_size)
+    arch = task.fit(config.arch)
+    check_memory(count_params(arch), device, copies, f"{what} {arch.family} target")
+    model = initial_model(arch, config.init, ghn=config.ghn, seed=config.seed,
+                          device=device, task=task,
+                          keep_classifier=config.keep_classifier,
+                          init_noise=config.init_noise, mimetic=MimeticScalars.of(config))
+    return task, arch, model
+
+
+def make_finetuner(config: FinetuneConfig, *, rank: int = 0, world_size: int = 1,
+                   device: str | torch.device = "cpu",
+                   resume_from: Path | None = None) -> Finetuner:
+    """A ``Finetuner`` of ``config``'s initialised target (on one rank of ``world_size``)."""
+    config.validate()
+    device = resolve_device(device)
+    task, arch, model = initialised_target(config, device=device, rank=rank,
+                                           world_size=world_size, what="fine-tuning",
+                                           copies=_training_copies(config.optimizer))
+    return Finetuner(config, model, task, arch, rank=rank, world_size=world_size, device=device,
+                     resume_from=resume_from)
 
 
 def _training_copies(optimizer: str) -> int:
@@ -257,13 +238,13 @@ def evaluate_init(target: Arch, init: str, data: DataConfig, *, ghn: str | Path 
     """Metrics of ``target`` as ``init`` leaves it, with no fine-tuning, on ``data.eval_split``:
     the zero-shot figure of a GHN (what step 0 of a fine-tuning run reports, on any split and
     any number of batches). Keys are prefixed with the split: ``test_accuracy``, ``val_perplexity``."""
-    data.validate()
+    config = FinetuneConfig(target=target.to_dict(), init=init, ghn=None if ghn is None else str(ghn),
+                            data=data, seed=seed, keep_classifier=keep_classifier,
+                            init_noise=init_noise)
+    config.validate()
     device = resolve_device(device)
-    task = make_task(target, resolve_data(data, ghn), seed=seed)
-    arch = task.fit(target)
-    check_memory(count_params(arch), device, 2, f"evaluating {arch.family} target")
-    net = initial_model(arch, init, ghn=ghn, seed=seed, device=device, task=task,
-                        keep_classifier=keep_classifier, init_noise=init_noise).eval()
+    task, arch, net = initialised_target(config, device=device, copies=2, what="evaluating")
+    net.eval()
     scores = task.evaluate(lambda x: forward(net, arch, x), device)
     return {f"{data.eval_split}_{name}": value for name, value in scores.items()}
 
@@ -291,8 +272,6 @@ def summarize(history: list[dict], metric: str, mode: str) -> dict:
 
 def export_finetuned(checkpoint: Path, out: Path) -> None:
     """Copy a fine-tuning checkpoint to ``out/checkpoint`` and its weights to ``out/model``."""
-    from logah.training import copy_tree_atomic
-
     copy_tree_atomic(checkpoint, out / "checkpoint")
     copy_tree_atomic(out / "checkpoint" / MODEL_DIR, out / MODEL_DIR)
 
@@ -301,19 +280,15 @@ def finetune(config: FinetuneConfig, out: str | Path, *, resume: bool = False, d
              progress: bool = True, on_metrics: Callable[[dict], None] | None = None,
              overwrite: bool = False) -> dict:
     """Fine-tune in this process (no Ray); returns the summary also written to ``out/summary.json``."""
-    from logah.training import run_local
-
     device = resolve_device(device)
     trainer = run_local(
-        lambda resume_from: Finetuner(config, device=device, resume_from=resume_from),
+        lambda resume_from: make_finetuner(config, device=device, resume_from=resume_from),
         out, config_file=CONFIG_FILE, config=config.to_dict(), export=export_finetuned,
         resume=resume, progress=progress, on_metrics=on_metrics, overwrite=overwrite)
     return write_summary(trainer.history, out, *target_metric(trainer.arch))
 
 
 def write_summary(history: list[dict], out: str | Path, metric: str, mode: str) -> dict:
-    from logah.io import write_json
-
     summary = summarize(history, metric, mode)
     write_json(Path(out) / SUMMARY_FILE, summary)
     return summary

@@ -5,6 +5,12 @@
 * ``random``: the library's own default init (torchvision's ViT, Hugging Face's GPT-2), seeded;
 * ``orthogonal``: that default with every weight matrix (every ≥ 2-D ``weight``, embeddings and
   the classifier included) replaced by a (semi-)orthogonal one of gain 1, the paper's baseline;
+* ``mimetic``: the ``random`` init with every attention layer given the structure of trained
+  ones (``logah.mimetic``: Trockman & Kolter, ICML 2023), data-free; ``MimeticScalars`` are its
+  settings (the paper's by default);
+* ``lsuv``: the ``orthogonal`` init, then every layer rescaled in forward order to unit output
+  variance on the first training batch of the fine-tuning task (``logah.lsuv``: Mishkin & Matas,
+  ICLR 2016);
 * ``ghn3`` / ``logah``: parameters predicted by a GHN checkpoint whose decoder is tiled /
   low-rank (the name is checked against the checkpoint, so a table row cannot be mislabelled);
 * the path of a folder written by ``logah predict`` (its architecture must be the target's).
@@ -29,8 +35,9 @@ from torch import nn
 
 from logah.errors import LogahError
 from logah.init_kinds import GHN_INITS, INIT_KINDS
+from logah.lsuv import lsuv
+from logah.mimetic import MimeticScalars, mimetic_attention
 from logah.targets import Arch, arch_to_dict, build_model
-
 
 
 def default_model(arch: Arch, seed: int, device: str | torch.device = "cpu") -> nn.Module:
@@ -116,17 +123,49 @@ def check_init_noise(init: str, init_noise: float) -> None:
                          f"{' or '.join(GHN_INITS)})")
 
 
+def lsuv_model(arch: Arch, seed: int, task, device: str | torch.device = "cpu") -> nn.Module:
+    """The orthogonal init of ``seed``, rescaled by LSUV on the first training batch of ``task``
+    (the batch fine-tuning starts with; image augmentation, if any, seeded by ``seed``)."""
+    if task is None:
+        raise LogahError("init 'lsuv' scales the layers on a batch of the fine-tuning data, "
+                         "and no task was given to read it from")
+    model = orthogonalize(default_model(arch, seed), seed).to(device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        inputs, _ = task.batch(0, device)
+    lsuv(model, arch, inputs)
+    return model
+
+
+def check_mimetic(init: str, mimetic: MimeticScalars | None) -> None:
+    """The mimetic scalars are in range, and differ from the defaults only for ``mimetic``."""
+    if mimetic is None:
+        return
+    mimetic.validate()
+    if init != "mimetic" and mimetic != MimeticScalars():
+        raise LogahError(f"the mimetic settings shape the mimetic init; init {init!r} has none "
+                         f"(use init mimetic, or leave them at their defaults)")
+
+
 def initial_model(arch: Arch, init: str, *, ghn: str | Path | None = None, seed: int = 0,
                   device: str | torch.device = "cpu", task=None,
-                  keep_classifier: bool = False, init_noise: float = 0.0) -> nn.Module:
+                  keep_classifier: bool = False, init_noise: float = 0.0,
+                  mimetic: MimeticScalars | None = None) -> nn.Module:
     """``arch`` initialised by ``init`` (one of ``INIT_KINDS`` or a predicted-parameters folder).
     ``task`` (``logah.tasks``): the data the target is for, which a GHN init's transfer rules
-    read (``logah.transfer``). ``init_noise``: GHN inits only (see the module docstring)."""
+    read (``logah.transfer``) and ``lsuv`` takes its batch from. ``init_noise``: GHN inits only
+    (see the module docstring). ``mimetic``: the scalars of the mimetic init (default: the
+    paper's)."""
     check_init_noise(init, init_noise)
+    check_mimetic(init, mimetic)
     if init == "random":
         model = default_model(arch, seed)
     elif init == "orthogonal":
         model = orthogonalize(default_model(arch, seed), seed)
+    elif init == "mimetic":
+        model = mimetic_attention(default_model(arch, seed), arch, seed, mimetic)
+    elif init == "lsuv":
+        model = lsuv_model(arch, seed, task, device)
     elif init in GHN_INITS:
         if ghn is None:
             raise LogahError(f"init {init!r} needs a GHN checkpoint (--ghn)")

@@ -1,4 +1,5 @@
-"""Output folders of training runs (``train-ghn``, ``finetune``, on one process or on Ray).
+"""Output folders of training runs (``train-ghn``, ``finetune``, on one process or on Ray):
+who holds them, what a run writes into them, and how it reports.
 
 A run folder holds at most one run, and a run that never reached a checkpoint leaves nothing
 that blocks the next attempt:
@@ -12,26 +13,36 @@ that blocks the next attempt:
   the folder, which then starts afresh (also under ``resume``: there is nothing to continue);
 * **temporary folders** (checkpoints being written, atomic renames) live inside the run folder,
   never in the system temp directory, and are removed when a run (re)starts.
+
+What a run writes: ``metrics.jsonl`` (one JSON record per report; ``read_metrics`` is the one
+reader), and at each checkpoint ``checkpoint/`` with the run state (``write_run_state``: the
+trainer's tensors and numbers in a file read back with ``torch.load(weights_only=True)``, the
+metric history, the run's config). A run reports through a ``Reporter``
+``report(metrics, write)``: ``write`` fills a folder with a checkpoint of that record, or is
+None. Without Ray that is ``LocalReporter`` (``run_local``); on Ray Train, ``ray.train.report``
+(``logah.distributed``), which ends in the same files.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import re
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from logah.errors import LogahError
-from logah.io import output_errors
+from logah.io import atomic_dir, atomic_write_text, dumps, output_errors, read_json, write_json
 
 CHECKPOINT_DIR = "checkpoint"     # the latest checkpoint; its presence marks a resumable run
 METRICS_FILE = "metrics.jsonl"
 RAY_STORAGE_DIR = "ray"           # Ray Train's storage when none is given (logah.distributed)
-SCRATCH_PREFIX = ".ckpt-"         # checkpoints being written (logah.training.LocalReporter)
+SCRATCH_PREFIX = ".ckpt-"         # checkpoints being written (LocalReporter)
 # what logah.io's atomic writes leave behind when killed: ``.NAME.tmp-<random>`` and ``.NAME.old-PID``
 _TEMPORARY = re.compile(r"^\..+\.(tmp|old)-[^/]*$|^" + re.escape(SCRATCH_PREFIX))
 
@@ -144,3 +155,133 @@ def run_folder(out: str | Path, *, config_file: str, resume: bool = False,
                         with contextlib.suppress(OSError):
                             out.rmdir()
             raise
+
+
+# --- what a run writes ---------------------------------------------------------------------------
+
+# report(metrics, write): ``write`` fills a folder with a checkpoint of this record, or is None
+Reporter = Callable[[dict, "Callable[[Path], None] | None"], None]
+
+
+def jsonl(records: list[dict]) -> str:
+    """Metric records as JSON lines (valid JSON: a non-finite value is written as null)."""
+    return "".join(dumps(record) + "\n" for record in records)
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """The records of a ``metrics.jsonl`` (none when it does not exist). A last line that is
+    not JSON yet is being written and is left out; a bad line before it is a ``LogahError``."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    try:
+        lines = [line for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as err:
+        raise LogahError(f"cannot read metrics {path}: {err}") from None
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            if number == len(lines):
+                break
+            raise LogahError(f"metrics {path}, line {number}: not JSON ({err})") from None
+    return records
+
+
+def write_run_state(folder: Path, state: dict, state_file: str, history: list[dict],
+                    config, config_file: str) -> None:
+    """The resumable part of a checkpoint: ``state`` (tensors and numbers only, so it loads with
+    ``weights_only=True``), the metric history and the run's config."""
+    import torch
+
+    torch.save(state, folder / state_file)
+    (folder / METRICS_FILE).write_text(jsonl(history))
+    (folder / config_file).write_text(dumps(config.to_dict(), indent=2))
+
+
+def read_run_state(folder: Path, state_file: str, config, config_file: str,
+                   device) -> tuple[dict, list[dict]]:
+    """The state and metric history ``write_run_state`` left in ``folder``, after checking that
+    it was written by a run with ``config``."""
+    import torch
+
+    saved = read_json(folder / config_file, "run config")
+    if type(config).from_dict(saved) != config:
+        raise LogahError(f"cannot resume from {folder}: it was run with another config")
+    try:
+        state = torch.load(folder / state_file, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise LogahError(f"cannot resume: {folder / state_file} not found") from None
+    except Exception as err:   # torch raises several types for corrupt or foreign pickles
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise LogahError(f"cannot resume from {folder}: {state_file} is not a run state "
+                         f"({type(err).__name__}: {reason[:200]})") from None
+    return state, read_metrics(folder / METRICS_FILE)
+
+
+@contextlib.contextmanager
+def scratch_folder(parent: Path) -> Iterator[Path]:
+    """A temporary folder for a checkpoint being written, inside ``parent`` (the run folder, or
+    Ray's session folder on a worker) rather than the system temp dir; removed afterwards, and
+    by ``run_folder`` when a killed run leaves one behind."""
+    folder = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=parent))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def copy_tree_atomic(source: Path, target: Path) -> None:
+    """Replace folder ``target`` by a copy of ``source`` (readers never see a partial copy)."""
+    with atomic_dir(target, overwrite=True) as tmp:
+        shutil.copytree(source, tmp, dirs_exist_ok=True)
+
+
+class LocalReporter:
+    """Report function for runs without Ray: metrics appended to ``out/metrics.jsonl``, and each
+    checkpoint written in a scratch folder of ``out`` and handed to ``export`` (which leaves the
+    run's usable output in ``out``). Ray runs record through the same ``record``."""
+
+    def __init__(self, out: Path, export: Callable[[Path, Path], None],
+                 on_metrics: Callable[[dict], None] | None = None):
+        self.out, self.export, self.on_metrics = Path(out), export, on_metrics
+        self.out.mkdir(parents=True, exist_ok=True)
+
+    def __call__(self, metrics: dict, write: Callable[[Path], None] | None) -> None:
+        if write is None:
+            self.record(metrics, None)
+        else:
+            with scratch_folder(self.out) as folder:
+                write(folder)
+                self.record(metrics, folder)
+        if self.on_metrics is not None:   # after the export, so a caller may stop the run here
+            self.on_metrics(metrics)
+
+    def record(self, metrics: dict, checkpoint: Path | None) -> None:
+        """Append ``metrics``; with a checkpoint, export it and take its metric history, which
+        ends with ``metrics`` (records logged after the previous checkpoint by a run that was
+        then restarted from it are dropped with it)."""
+        if checkpoint is None:
+            with open(self.out / METRICS_FILE, "a") as f:
+                f.write(jsonl([metrics]))
+            return
+        self.export(checkpoint, self.out)
+        atomic_write_text(self.out / METRICS_FILE, (checkpoint / METRICS_FILE).read_text())
+
+
+def run_local(make_trainer, out: str | Path, *, config_file: str, config: dict,
+              export: Callable[[Path, Path], None], resume: bool, progress: bool,
+              on_metrics: Callable[[dict], None] | None = None, overwrite: bool = False):
+    """Run a trainer (GHN training or fine-tuning) in this process, writing to ``out``, which
+    it holds as ``run_folder`` says (one run per folder, resume from ``out/checkpoint``, nothing
+    left behind by a run that never checkpointed); passes every metrics record to
+    ``on_metrics`` and returns the trainer once its ``run`` has finished.
+    ``make_trainer(resume_from)`` builds the trainer, resuming from a checkpoint folder or None."""
+    with run_folder(out, config_file=config_file, resume=resume, overwrite=overwrite) as folder:
+        trainer = make_trainer(folder.checkpoint if folder.resume else None)
+        # metrics logged after the last checkpoint of an interrupted run are dropped with it
+        atomic_write_text(folder.path / METRICS_FILE, jsonl(trainer.history))
+        write_json(folder.path / config_file, config)
+        trainer.run(LocalReporter(folder.path, export, on_metrics), progress=progress)
+    return trainer

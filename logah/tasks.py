@@ -7,27 +7,28 @@ an architecture's outputs for the data (the classifier to the dataset's classes,
 the tokenizer's), and both fit every architecture they train, so a space or target record never
 has to match the data by hand.
 
-Batches are a pure function of (seed, rank, world size, step): epoch e of rank k reads
-``shard_indices(n, k, world_size, seed, e)`` in order. Nothing about the data position needs to
-be saved in a checkpoint beyond the step, and every rank reads a different shard (the anchor code
-gives every rank the same data).
+Batches come through ``torch.utils.data.DataLoader`` and are a pure function of (seed, rank,
+world size, step) (``logah.data.loading``): nothing about the data position needs to be saved in
+a checkpoint beyond the step, and every rank reads a different shard (the anchor code gives every
+rank the same data). Augmentation of a batch is seeded from its step as well.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 
 from logah.data import (IMAGE_DATASETS, TEXT_DATASETS, get_tokenizer, load_image_dataset,
-                        load_text_dataset, shard_indices)
+                        load_text_dataset)
+from logah.data.loading import StepSampler, batch_loader, evaluation_keys
 from logah.errors import LogahError
 from logah.families import IMAGE, TEXT, family_of, families_of_kind
 from logah.io import NON_NEGATIVE, POSITIVE, ConfigRecord, Interval
+from logah.seeds import step_seed
 from logah.targets import Arch
 
 ForwardFn = Callable[[torch.Tensor], torch.Tensor]
@@ -53,7 +54,9 @@ class DataConfig(ConfigRecord):
 
 
 class _Task:
-    """Shared batching over a training set that yields (x, y) or x items."""
+    """Shared batching: the training split through a step-indexed ``DataLoader``
+    (``logah.data.loading``), the evaluation split in order. A subclass builds a batch from
+    dataset indices (``make_batch``) and scores one (``score``)."""
 
     metric: str
     mode: str
@@ -64,23 +67,46 @@ class _Task:
                              f"batch of {data.batch_size} per rank for {world_size} rank(s)")
         self.train, self.val, self.data = train, val, data
         self.seed, self.rank, self.world_size = seed, rank, world_size
-        self._epoch, self._order = -1, []
+        self.sampler = StepSampler(len(train), data.batch_size, rank=rank, world_size=world_size,
+                                   seed=seed)
+
+    def train_sampler(self, start: int, end: int | None) -> StepSampler:
+        return StepSampler(len(self.train), self.data.batch_size, rank=self.rank,
+                           world_size=self.world_size, seed=self.seed, start=start, end=end)
 
     @property
     def batches_per_epoch(self) -> int:
-        return -(-len(self.train) // self.world_size) // self.data.batch_size
-
-    def _indices(self, step: int) -> list[int]:
-        epoch, pos = divmod(step, self.batches_per_epoch)
-        if epoch != self._epoch:
-            self._epoch = epoch
-            self._order = shard_indices(len(self.train), self.rank, self.world_size, self.seed, epoch)
-        b = self.data.batch_size
-        return self._order[pos * b:(pos + 1) * b]
+        return self.sampler.batches_per_epoch
 
     def sample_ids(self, step: int) -> list[int]:
         """Dataset indices of this rank's batch at ``step`` (exposed for tests and logs)."""
-        return self._indices(step)
+        return self.sampler.indices(step)
+
+    def batch(self, step: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's training batch at ``step``, on ``device`` (random access: the loop reads
+        batches in order through ``train_batches``)."""
+        x, y = self.make_batch(self.train, step, self.sample_ids(step))
+        return x.to(device), y.to(device)
+
+    def train_batches(self, start: int, end: int | None, device) -> Iterator[tuple]:
+        """This rank's training batches for steps ``start .. end - 1``, in order, on ``device``."""
+        loader = batch_loader(lambda step, ids: self.make_batch(self.train, step, ids),
+                              self.train_sampler(start, end), torch.device(device))
+        for x, y in loader:
+            yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+    def eval_batches(self, device) -> Iterator[tuple]:
+        """The evaluation split in order, ``data.eval_batches`` batches of it (0: all)."""
+        keys = evaluation_keys(len(self.val), self.data.batch_size, self.data.eval_batches)
+        loader = batch_loader(lambda step, ids: self.make_batch(self.val, step, ids), keys,
+                              torch.device(device))
+        for x, y in loader:
+            yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+    def make_batch(self, dataset, step: int, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs, targets) of the items ``ids`` of ``dataset``; ``step`` seeds any
+        augmentation (-1: none)."""
+        raise AssertionError(f"{type(self).__name__} must define make_batch")
 
 
 class ImageClassification(_Task):
@@ -112,29 +138,19 @@ class ImageClassification(_Task):
         if family_of(arch).data_kind != IMAGE:
             raise LogahError(f"dataset {self.data.dataset} is an image dataset; target is {arch.family}")
 
-    def _stack(self, dataset, ids) -> tuple[torch.Tensor, torch.Tensor]:
-        items = [dataset[i] for i in ids]
-        return torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items])
-
-    def batch(self, step: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = self._stack(self.train, self._indices(step))
-        return x.to(device), y.to(device)
+    def make_batch(self, dataset, step, ids):
+        seed = None if step < 0 else step_seed(self.seed, self.rank, step)
+        return dataset.batch(ids, augment_seed=seed)
 
     def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits.float(), y)
 
     @torch.no_grad()
     def evaluate(self, forward: ForwardFn, device) -> dict[str, float]:
-        n_batches = self.data.eval_batches or math.inf
         correct = total = 0
         loss_sum = 0.0
-        b = self.data.batch_size
-        for start in range(0, len(self.val), b):
-            if start // b >= n_batches:
-                break
-            x, y = self._stack(self.val, range(start, min(start + b, len(self.val))))
-            logits = forward(x.to(device)).float()
-            y = y.to(device)
+        for x, y in self.eval_batches(device):
+            logits = forward(x).float()
             loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
             correct += (logits.argmax(-1) == y).sum().item()
             total += len(y)
@@ -174,22 +190,16 @@ class LanguageModeling(_Task):
                              f"{arch.family} target ({family.context_field}="
                              f"{family.context_length(arch)})")
 
-    def batch(self, step: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-        x = torch.stack([self.train[i] for i in self._indices(step)]).to(device)
-        return x, x
+    def make_batch(self, dataset, step, ids):
+        x = dataset.batch(ids)
+        return x, x                     # the model shifts the labels itself
 
     def loss(self, logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), tokens[:, 1:].flatten())
 
     @torch.no_grad()
     def evaluate(self, forward: ForwardFn, device) -> dict[str, float]:
-        n_batches = self.data.eval_batches or math.inf
-        losses, b = [], self.data.batch_size
-        for start in range(0, len(self.val), b):
-            if start // b >= n_batches:
-                break
-            x = torch.stack([self.val[i] for i in range(start, min(start + b, len(self.val)))]).to(device)
-            losses.append(self.loss(forward(x), x).item())
+        losses = [self.loss(forward(x), x).item() for x, _ in self.eval_batches(device)]
         loss = sum(losses) / len(losses)
         return {"perplexity": math.exp(min(loss, 50.0)), "loss": loss}
 

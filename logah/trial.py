@@ -33,7 +33,8 @@ from logah.finetune import FinetuneConfig, finetune
 from logah.ghn_store import GHNTrainFn, shared_ghn
 from logah.init_kinds import GHN_INITS
 from logah.io import ConfigRecord, write_json
-from logah.training import METRICS_FILE, TrainConfig, train_ghn
+from logah.runs import METRICS_FILE, read_metrics
+from logah.training import TrainConfig, train_ghn
 
 TRIAL_FILE = "trial.json"
 GHN_DIR = "ghn"
@@ -125,8 +126,7 @@ def run_trial(config: TrialConfig, out: str | Path, *, report: MetricsReporter |
             else:
                 folder, resume = _phase_folder(out, GHN_DIR)
                 train(config.ghn_training, folder, resume)
-        history = [json.loads(line) for line in (folder / METRICS_FILE).read_text().splitlines()
-                   if line.strip()]
+        history = read_metrics(folder / METRICS_FILE)
         summary.update({f"ghn_{k}": v for k, v in history[-1].items() if k.startswith("heldout_")})
         ghn_path = str(folder)
     folder, resume = _phase_folder(out, FINETUNE_DIR)

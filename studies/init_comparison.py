@@ -3,6 +3,12 @@ the same target, fine-tuned with several seeds over a learning-rate grid; each i
 its own best learning rate (``logah report`` / ``logah.analysis``). Trials that differ only in the
 fine-tuning seed or learning rate share one trained GHN.
 
+Beside the paper's baselines, two that need no GHN and report large gains of their own, so that
+the comparison does not flatter the method it studies: ``mimetic`` (data-free attention
+structure, Trockman & Kolter, ICML 2023; the paper's scalars, ``finetune.mimetic_*``) and
+``lsuv`` (orthogonal, then unit output variance layer by layer on one batch of the fine-tuning
+data, Mishkin & Matas, ICLR 2016).
+
     python studies/init_comparison.py --preset smoke
     python studies/init_comparison.py --preset cpu --task gpt2
 """
@@ -11,15 +17,14 @@ import sys
 
 from logah.study import Choice, Study, Variants, main
 
+BASELINES = {name: {"finetune.init": name} for name in ("random", "orthogonal", "mimetic", "lsuv")}
 INITS = Variants(
-    random={"finetune.init": "random"},
-    orthogonal={"finetune.init": "orthogonal"},
+    **BASELINES,
     ghn3={"ghn_training.ghn": "ghn3-cpu", "ghn_training.ghn.hidden": 40, "finetune.init": "ghn3"},
     logah={"finetune.init": "logah"},
 )
 PAPER_INITS = Variants(
-    random={"finetune.init": "random"},
-    orthogonal={"finetune.init": "orthogonal"},
+    **BASELINES,
     ghn3={"ghn_training.ghn": "ghn3-t", "ghn_training.ghn.hidden": 40, "finetune.init": "ghn3"},
     logah={"finetune.init": "logah"},
 )
@@ -30,7 +35,7 @@ SEEDS = Variants(**{f"s{k}": {"finetune.seed": k, "ghn_training.seed": k} for k 
 STUDY = Study(
     name="init_comparison",
     question="Which initialisation gives the best target after fine-tuning: random, orthogonal, "
-             "GHN-3 or LoGAH?",
+             "mimetic, LSUV, GHN-3 or LoGAH?",
     space={
         "smoke": {"init": INITS, "finetune.seed": Choice(0, 1)},
         "cpu:vit": {"init": INITS, "seed": SEEDS, "finetune.lr": Choice(0.02, 0.05, 0.1)},

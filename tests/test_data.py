@@ -12,8 +12,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from logah.data import (IMAGE_DATASETS, TEXT_DATASETS, ShardSampler, get_tokenizer,
-                        load_image_dataset, load_text_dataset, shard_indices)
+from logah.data import (IMAGE_DATASETS, TEXT_DATASETS, get_tokenizer, load_image_dataset,
+                        load_text_dataset)
+from logah.data.loading import StepSampler, epoch_order
 from logah.data import images as images_mod
 from logah.data import text as text_mod
 from logah.data import tokenization
@@ -298,38 +299,63 @@ def test_text_registry_and_bad_arguments():
         load_text_dataset("shakespeare", "train", tokenizer=None, block_size=0)
 
 
-# -- sharding ---------------------------------------------------------------------------------
+# -- step-indexed loading ----------------------------------------------------------------------
 
-def test_shards_are_disjoint_and_cover_the_data():
-    shards = [shard_indices(100, r, 4, seed=0, epoch=0) for r in range(4)]
-    assert all(len(s) == 25 for s in shards)
-    assert sorted(i for s in shards for i in s) == list(range(100))
-    assert shards[0] != list(range(0, 100, 4))                                 # shuffled
-    assert shard_indices(100, 0, 4, seed=0, epoch=0) == shards[0]               # deterministic
-    assert shard_indices(100, 0, 4, seed=0, epoch=1) != shards[0]               # new order per epoch
-    assert shard_indices(100, 0, 4, seed=1, epoch=0) != shards[0]
-
-
-def test_uneven_shards_pad_or_drop():
-    padded = [shard_indices(10, r, 4, seed=3, epoch=0) for r in range(4)]
-    assert [len(s) for s in padded] == [3, 3, 3, 3] and set().union(*padded) == set(range(10))
-    dropped = [shard_indices(10, r, 4, seed=3, epoch=0, drop_last=True) for r in range(4)]
-    flat = [i for s in dropped for i in s]
-    assert [len(s) for s in dropped] == [2] * 4 and len(set(flat)) == 8
-    assert shard_indices(5, 1, 2, 0, 0, shuffle=False) == [1, 3, 0]
+def test_ranks_read_disjoint_shards_that_cover_the_data():
+    orders = [epoch_order(100, rank=r, world_size=4, seed=0, epoch=0) for r in range(4)]
+    assert all(len(o) == 25 for o in orders)
+    assert sorted(i for o in orders for i in o) == list(range(100))
+    assert orders[0] != list(range(0, 100, 4))                                  # shuffled
+    assert epoch_order(100, rank=0, world_size=4, seed=0, epoch=0) == orders[0]  # deterministic
+    assert epoch_order(100, rank=0, world_size=4, seed=0, epoch=1) != orders[0]  # new order per epoch
+    assert epoch_order(100, rank=0, world_size=4, seed=1, epoch=0) != orders[0]
+    padded = [epoch_order(10, rank=r, world_size=4, seed=3, epoch=0) for r in range(4)]
+    assert [len(o) for o in padded] == [3, 3, 3, 3] and set().union(*padded) == set(range(10))
     for bad in (dict(rank=4, world_size=4), dict(rank=0, world_size=0), dict(rank=-1, world_size=2)):
         with pytest.raises(LogahError):
-            shard_indices(10, seed=0, epoch=0, **bad)
+            epoch_order(10, seed=0, epoch=0, **bad)
 
 
-def test_shard_sampler_with_a_dataloader():
-    data = list(range(50))
-    seen = []
-    for rank in range(2):
-        sampler = ShardSampler(data, rank=rank, world_size=2, seed=5)
-        sampler.set_epoch(2)
-        assert len(sampler) == 25
-        seen += [int(i) for batch in DataLoader(data, batch_size=10, sampler=sampler) for i in batch]
-    assert sorted(seen) == data
-    with pytest.raises(LogahError, match="rank"):
-        ShardSampler(data, rank=2, world_size=2)
+def test_a_batch_is_a_function_of_its_step_whatever_the_start():
+    """A loader started at step s gives the batches an uninterrupted one gives from s on (so a
+    resumed run reads what it would have read), across epoch boundaries."""
+    sampler = StepSampler(50, 8, rank=1, world_size=2, seed=5)
+    assert sampler.batches_per_epoch == 3
+    whole = list(StepSampler(50, 8, rank=1, world_size=2, seed=5, start=0, end=10))
+    assert [step for step, _ in whole] == list(range(10))
+    assert list(StepSampler(50, 8, rank=1, world_size=2, seed=5, start=4, end=10)) == whole[4:]
+    assert [sampler.indices(s) for s in range(10)] == [ids for _, ids in whole]
+    assert whole[0][1] != whole[3][1]                     # epoch 1 is another permutation
+    with pytest.raises(LogahError, match="fewer than one batch"):
+        StepSampler(10, 8, rank=0, world_size=2, seed=0)
+
+
+def test_batches_through_the_dataloader_equal_random_access():
+    """The task's DataLoader (vectorised batches) gives what item-by-item indexing gives, and
+    training batches are the task's ``batch(step)``."""
+    from logah.families.vit import ViTArch
+    from logah.tasks import DataConfig, make_task
+
+    arch = ViTArch(num_layers=1, hidden_dim=16, num_heads=2, mlp_dim=32, image_size=16,
+                   patch_size=4, num_classes=10)
+    task = make_task(arch, DataConfig(dataset="digits", batch_size=32, eval_batches=2), seed=3)
+    steps = list(task.train_batches(5, 9, "cpu"))
+    assert len(steps) == 4
+    for step, (x, y) in zip(range(5, 9), steps):
+        ex, ey = task.batch(step, "cpu")
+        assert torch.equal(x, ex) and torch.equal(y, ey)
+        items = [task.train[i] for i in task.sample_ids(step)]
+        assert torch.equal(x, torch.stack([i for i, _ in items]))
+        assert y.tolist() == [label for _, label in items]
+    evaluated = list(task.eval_batches("cpu"))
+    assert len(evaluated) == 2 and torch.equal(evaluated[1][0], task.val.batch(range(32, 64))[0])
+
+
+def test_augmentation_is_seeded_by_the_step():
+    data = load_image_dataset("digits", "train", image_size=16, augment=True)
+    a, _ = data.batch([0, 1, 2], augment_seed=7)
+    b, _ = data.batch([0, 1, 2], augment_seed=7)
+    c, _ = data.batch([0, 1, 2], augment_seed=8)
+    plain, _ = data.batch([0, 1, 2])
+    assert torch.equal(a, b) and not torch.equal(a, c) and not torch.equal(a, plain)
+    assert a.shape == plain.shape == (3, 3, 16, 16)

@@ -11,7 +11,7 @@ from conftest import SMALL_VIT
 from logah.archs import get_space, space_to_dict
 from logah.cli import main
 from logah.errors import LogahError
-from logah.finetune import (FinetuneConfig, Finetuner, evaluate_init, export_finetuned, finetune,
+from logah.finetune import (FinetuneConfig, make_finetuner, evaluate_init, export_finetuned, finetune,
                             load_finetuned)
 from logah.init_kinds import INIT_KINDS
 from logah.inits import default_model, initial_model
@@ -21,7 +21,8 @@ from logah.presets import get_preset
 from logah.families.gpt2 import GPT2Arch
 from logah.targets import arch_to_dict
 from logah.tasks import DataConfig
-from logah.training import LocalReporter, train_ghn
+from logah.runs import LocalReporter
+from logah.training import train_ghn
 from logah.ghn_store import config_key
 from logah.trial import TrialConfig, load_trial, run_trial
 from test_training import DIGITS, dies_after_first_checkpoint, tiny_config
@@ -132,7 +133,7 @@ def test_transfer_to_a_dataset_with_more_classes_reinitialises_the_classifier(gh
     """A GHN trained on digits (10 classes) initialises a ViT for CIFAR-100 (100 classes)."""
     data = DataConfig(dataset="cifar100-sample", batch_size=8, eval_batches=1)
     config = ft_config("vit", init="logah", ghn=str(ghns["vit", "low-rank"]), data=data)
-    trainer = Finetuner(config)
+    trainer = make_finetuner(config)
     assert trainer.arch.num_classes == 100
     predicted = predict_params(load_ghn(ghns["vit", "low-rank"]), trainer.arch)
     params = dict(trainer.net.named_parameters())
@@ -146,7 +147,7 @@ def test_resumed_fine_tuning_reproduces_an_uninterrupted_run(tmp_path):
     config = ft_config("vit", init="orthogonal", steps=6, eval_every=3)
     finetune(config, tmp_path / "full", progress=False)
     with pytest.raises(KeyboardInterrupt):
-        Finetuner(config).run(dies_after_first_checkpoint(
+        make_finetuner(config).run(dies_after_first_checkpoint(
             LocalReporter(tmp_path / "split", export_finetuned)), progress=False)
     finetune(config, tmp_path / "split", resume=True, progress=False)
     (_, full), (_, split) = load_finetuned(tmp_path / "full"), load_finetuned(tmp_path / "split")

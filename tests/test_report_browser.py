@@ -2,8 +2,10 @@
 
 Debian's ``chromium`` and ``chromium-driver`` come from ``make setup``; nothing is downloaded at
 run time. The test asserts a clean JavaScript console, counts the rendered plots and checks that
-each holds data, sorts the trial table, and leaves a full-page screenshot in
-``test-artifacts/report.png`` for a person to look at.
+each holds data and that every numeric y axis carries at least two tick labels (a log axis over
+a narrow range used to show one), sorts the trial table, and leaves a full-page screenshot in
+``test-artifacts/report.png`` for a person to look at. Its timeout counts the test alone
+(``func_only``): the session's smoke study and the browser start have their own limits.
 """
 
 from __future__ import annotations
@@ -38,6 +40,28 @@ return Array.from(document.querySelectorAll('.js-plotly-plot')).map(function (gd
 """
 
 
+# per numeric y axis of every plot: the tick labels drawn, and the axis title
+_Y_AXES_JS = """
+return Array.from(document.querySelectorAll('.js-plotly-plot')).flatMap(function (gd) {
+  return Object.keys(gd._fullLayout).filter(function (k) { return /^yaxis[0-9]*$/.test(k); })
+    .filter(function (k) { return gd._fullLayout[k].type !== 'category'; })
+    .map(function (k) {
+      var id = 'y' + k.slice(5);
+      var labels = Array.from(gd.querySelectorAll('g.' + id + 'tick text'))
+        .map(function (t) { return t.textContent; }).filter(Boolean);
+      return {plot: gd.id, axis: id, title: (gd._fullLayout[k].title || {}).text || '',
+              labels: labels};
+    });
+});
+"""
+_X_TITLES_JS = """
+return Array.from(document.querySelectorAll('.js-plotly-plot')).map(function (gd) {
+  return {plot: gd.id, titles: Array.from(gd.querySelectorAll('.g-xtitle text, [class^="g-x"][class$="title"] text'))
+                                    .map(function (t) { return t.textContent; })};
+});
+"""
+
+
 @pytest.fixture(scope="module")
 def browser():
     from selenium import webdriver
@@ -54,6 +78,7 @@ def browser():
     driver.quit()
 
 
+@pytest.mark.timeout(600, func_only=True)
 def test_report_renders_every_plot_with_data_and_no_console_errors(smoke_study, browser, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -69,6 +94,13 @@ def test_report_renders_every_plot_with_data_and_no_console_errors(smoke_study, 
     for plot in plots:
         assert plot["traces"] > 0 and sum(plot["points"]) > 0, plot
         assert plot["drawn"] > 0 and plot["marks"] > 0, plot
+    axes = browser.execute_script(_Y_AXES_JS)
+    assert axes
+    for axis in axes:   # one tick label on an axis (a log axis over 2.3..2.6) cannot be read
+        assert len(axis["labels"]) >= 2, axis
+    titles = {p["plot"]: p["titles"] for p in browser.execute_script(_X_TITLES_JS)}
+    importance = [t for plot, ts in titles.items() if plot.endswith("-importances-plot") for t in ts]
+    assert importance and not any("(%)" in t for t in importance), importance   # shares, not %
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert not errors, errors
     resources = browser.execute_script(
@@ -78,6 +110,7 @@ def test_report_renders_every_plot_with_data_and_no_console_errors(smoke_study, 
     # the trial table sorts on a click (numbers as numbers, empty cells last)
     table = browser.find_element(By.CSS_SELECTOR, "table.trials")
     headers = [th.text for th in table.find_elements(By.CSS_SELECTOR, "thead th")]
+    assert len(headers) == len(set(headers)), headers   # no two columns called the same
     column = headers.index("best")
     table.find_elements(By.CSS_SELECTOR, "thead th")[column].click()
     cells = [row.find_elements(By.TAG_NAME, "td")[column].get_attribute("data-sort")

@@ -44,6 +44,8 @@ def _run_dying(out: Path, die_in: str, at_checkpoint: int, steps: int = 6) -> su
         import os, shutil, signal, sys
         sys.path.insert(0, {str(ROOT / 'tests')!r})
         import logah.training as training
+        from logah.io import atomic_dir
+        from logah.runs import copy_tree_atomic
         from test_training import tiny_config
 
         calls = []
@@ -60,10 +62,10 @@ def _run_dying(out: Path, die_in: str, at_checkpoint: int, steps: int = 6) -> su
             training.GHNTrainer.write_checkpoint = write_then_die
         else:
             def export_and_die(checkpoint, out):
-                with training.atomic_dir(out / "checkpoint", overwrite=True) as tmp:
+                with atomic_dir(out / "checkpoint", overwrite=True) as tmp:
                     shutil.copytree(checkpoint, tmp, dirs_exist_ok=True)
                     die_here()
-                training.copy_tree_atomic(checkpoint, out / "checkpoint")
+                copy_tree_atomic(checkpoint, out / "checkpoint")
                 for name in ("ghn.safetensors", "ghn.json"):
                     shutil.copy2(out / "checkpoint" / name, out / name)
             training.export_checkpoint = export_and_die

@@ -101,7 +101,7 @@ def test_a_sweep_of_variants_narrows_them_by_name():
                                           sweep={"init": Choice("random", "logah")}))
     assert plan.space["init"].grid() == ["random", "logah"] and plan.num_samples == 2 * 3 * 3
     assert plan.trial_config({"init": "logah", "seed": "s1", "finetune.lr": 0.05}).uses_ghn
-    with pytest.raises(LogahError, match="no variant 'xavier'.*random, orthogonal, ghn3, logah"):
+    with pytest.raises(LogahError, match="no variant 'xavier'.*random, orthogonal, mimetic, lsuv, ghn3, logah"):
         plan_study(study, StudyOptions(preset="cpu", task="vit", storage="/tmp/unused",
                                        sweep={"init": Choice("random", "xavier")}))
 
@@ -118,7 +118,7 @@ def test_study_scripts_are_declarations():
     (["--num-samples", "0"], "positive"),
     (["--name", "a/b"], "path separator"),
     (["--objectives", "quality,speed"], "reports quality, ghn_params"),
-    (["--set", "ghn_training.ghn.rnak=3"], "unknown trial setting"),
+    (["--set", "ghn_training.ghn.rnak=3"], "unknown setting"),
     (["--set", "ghn_training.ghn.heads=5"], "does not divide"),
     (["--sweep", "ghn_training.ghn.rank=2,3", "--set", "ghn_training.ghn.rank=2"], "fixed and swept"),
     (["--scheduler", "asha", "--objectives", "quality,ghn_params"], "one metric"),

@@ -16,8 +16,10 @@ from logah.families import get_family
 from logah.presets import get_preset
 from logah.tasks import DataConfig
 from logah.predict import bound_forward
-from logah.training import (GHNTrainer, LocalReporter, TrainConfig, export_checkpoint, lr_factor,
-                            step_seed, train_ghn)
+from logah.runs import LocalReporter
+from logah.seeds import step_seed
+from logah.trainer import lr_factor
+from logah.training import GHNTrainer, TrainConfig, export_checkpoint, train_ghn
 
 DIGITS = DataConfig(dataset="digits", batch_size=32, eval_batches=2)
 TINY_SPACE = space_to_dict(get_space("vits-cpu", image_size=16, patch_sizes=(4,), num_archs=8))

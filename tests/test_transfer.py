@@ -8,17 +8,14 @@ import pytest
 import torch
 
 from conftest import SMALL_VIT
-from logah.archs import get_space, space_to_dict
 from logah.checkpoint import TOKENIZER_DIR, load_ghn, read_metadata
 from logah.cli import main
 from logah.data import get_tokenizer
 from logah.data.tokenization import tokenizer_fingerprint
 from logah.errors import LogahError
-from logah.finetune import Finetuner, evaluate_init, finetune
+from logah.finetune import evaluate_init, finetune, make_finetuner
 from logah.inits import initial_model
 from logah.predict import predict_params
-from logah.presets import get_preset
-from logah.families.gpt2 import GPT2Arch
 from logah.families.vit import ViTArch
 from logah.targets import arch_to_dict
 from logah.tasks import DataConfig, make_task
@@ -66,7 +63,7 @@ def test_a_text_ghn_records_its_tokenizer(text_ghn):
 
 
 def test_another_corpus_is_read_with_the_ghns_tokenizer_by_default(text_ghn):
-    trainer = Finetuner(ft_config("gpt2", init="logah", ghn=str(text_ghn), data=KJV))
+    trainer = make_finetuner(ft_config("gpt2", init="logah", ghn=str(text_ghn), data=KJV))
     shakespeare = get_tokenizer("bpe", corpus="shakespeare", vocab_size=1024)
     assert tokenizer_fingerprint(trainer.task.tokenizer) == tokenizer_fingerprint(shakespeare)
     predicted = _predicted(text_ghn, trainer.arch)
@@ -79,7 +76,7 @@ def test_another_tokenizer_warns_and_reinitialises_the_embeddings(text_ghn):
     config = ft_config("gpt2", init="logah", ghn=str(text_ghn),
                        data=dataclasses.replace(KJV, tokenizer="bpe"))
     with pytest.warns(TransferWarning, match="embeddings and LM head are re-initialised"):
-        trainer = Finetuner(config)
+        trainer = make_finetuner(config)
     kjv = get_tokenizer("bpe", corpus="kjv", vocab_size=1024)
     assert tokenizer_fingerprint(trainer.task.tokenizer) == tokenizer_fingerprint(kjv)
     predicted = _predicted(text_ghn, trainer.arch)
@@ -97,16 +94,16 @@ def test_a_tied_gpt2_from_a_ghn_of_another_tokenizer_initialises(text_ghn):
     config = ft_config("gpt2", init="logah", ghn=str(text_ghn), target=arch_to_dict(tied),
                        data=dataclasses.replace(KJV, tokenizer="bpe"))
     with pytest.warns(TransferWarning) as caught:
-        trainer = Finetuner(config)
+        trainer = make_finetuner(config)
     assert any("tied embeddings (space: untied)" in str(w.message) for w in caught)
     assert trainer.net.lm_head.weight is trainer.net.transformer.wte.weight
 
 
 def test_the_classifier_is_reinitialised_when_the_dataset_differs(vit_ghn):
     fashion = DataConfig(dataset="fashion-mnist", batch_size=8, eval_batches=1)
-    same = Finetuner(ft_config("vit", init="logah", ghn=str(vit_ghn)))
-    other = Finetuner(ft_config("vit", init="logah", ghn=str(vit_ghn), data=fashion))
-    kept = Finetuner(ft_config("vit", init="logah", ghn=str(vit_ghn), data=fashion,
+    same = make_finetuner(ft_config("vit", init="logah", ghn=str(vit_ghn)))
+    other = make_finetuner(ft_config("vit", init="logah", ghn=str(vit_ghn), data=fashion))
+    kept = make_finetuner(ft_config("vit", init="logah", ghn=str(vit_ghn), data=fashion,
                                keep_classifier=True))
     predicted = _predicted(vit_ghn, same.arch)            # 10 classes in both datasets
     head = {name: dict(t.net.named_parameters())["heads.head.weight"].detach()

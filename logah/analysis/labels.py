@@ -25,12 +25,18 @@ SETTING_LABELS = {
     "ghn_training.space.num_archs": "number of training architectures",
     "ghn_training.space.max_params": "parameter cap of sampled architectures",
     "finetune.init": "initialisation",
+    "finetune.target": "target",
     "finetune.lr": "fine-tuning learning rate",
     "finetune.steps": "fine-tuning steps",
     "finetune.optimizer": "fine-tuning optimiser",
     "finetune.weight_decay": "fine-tuning weight decay",
     "finetune.data.batch_size": "fine-tuning batch size",
     "seed": "seed",
+    "finetune.seed": "fine-tuning seed",
+    "ghn_training.seed": "GHN training seed",
+    # names of ``Variants`` (studies/init_comparison.py): the study's own name of a bundle of
+    # settings, shown beside the paper's name of the init (``init_label``), so they must differ
+    "init": "init variant",
     "ghn_params": "GHN parameters",
     "wall_s": "trial wall time (s)",
 }
@@ -63,14 +69,21 @@ def setting_label(name: str) -> str:
     return SETTING_LABELS.get(name, name)
 
 
-def metric_label(metric: str) -> str:
-    return METRIC_LABELS.get(metric, metric.replace("_", " "))
+def metric_label(metric: str, unit: bool = True) -> str:
+    """The metric's name, with its unit unless ``unit`` is false (for text about the metric
+    rather than its values, e.g. an axis of importance shares, where "(%)" would be wrong)."""
+    label = METRIC_LABELS.get(metric, metric.replace("_", " "))
+    return label if unit else label.removesuffix(" (%)")
 
 
-def value_label(column: str, metric: str) -> str:
-    """E.g. ``("best", "val_accuracy")`` -> "best validation accuracy (%)"."""
+def value_label(column: str, metric: str, unit: bool = True) -> str:
+    """E.g. ``("best", "val_accuracy")`` -> "best validation accuracy (%)"; ``test`` is the
+    final model on the test split, so ``("test", "val_accuracy")`` is "test accuracy (%)"."""
     prefix = VALUE_LABELS.get(column, column.replace("_", " "))
-    return f"{prefix} {metric_label(metric)}"
+    label = metric_label(metric, unit)
+    if column == "test":
+        label = label.removeprefix("validation ")
+    return f"{prefix} {label}"
 
 
 def direction(mode: str) -> str:

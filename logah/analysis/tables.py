@@ -41,6 +41,8 @@ STATUS_FAILED = "FAILED"
 TARGET_PREFIX = "finetune.target."
 DATASET = "finetune.data.dataset"
 GHN_PREFIX = "ghn_training.ghn."
+GHNS_DIR = "ghns"              # a study's own GHN store (``logah.study.tables.GHNS_DIR``)
+GHN_STORE_RECORD = "store.json"   # written by ``logah.ghn_store`` when a GHN is trained
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,12 @@ class Study:
         return [name for name in self.swept if not is_seed_column(name)]
 
     @property
+    def seeds(self) -> list[str]:
+        """The swept seed columns: together their values name a replicate (the init
+        comparison's ``seed`` variant s0/s1/s2 sets both the GHN's and the fine-tuning seed)."""
+        return [name for name in self.swept if is_seed_column(name)]
+
+    @property
     def completed(self) -> pd.DataFrame:
         return self.trials[self.trials["status"] == STATUS_COMPLETE]
 
@@ -98,6 +106,13 @@ def is_seed_column(name: str) -> bool:
     """Seeds (``seed``, ``finetune.seed``, ``ghn_training.seed``, ...) are averaged over, never
     compared."""
     return name == "seed" or name.endswith(".seed")
+
+
+def is_target_setting(name: str) -> bool:
+    """A setting of the fine-tuned target (``finetune.target`` itself, swept as preset names, or
+    one of its fields, ``finetune.target.hidden_dim``): its values are different targets, so it
+    changes the ``target`` column with it."""
+    return name == TARGET_PREFIX.rstrip(".") or name.startswith(TARGET_PREFIX)
 
 
 def load_study(path: str | Path) -> Study:
@@ -124,7 +139,8 @@ def load_study(path: str | Path) -> Study:
     if steps is None:
         steps = pd.DataFrame({"trial_id": pd.Series(dtype="str"), "phase": pd.Series(dtype="str"),
                               "step": pd.Series(dtype="int64")})
-    return Study(path=path, meta=meta, trials=_tidy_trials(trials, meta), steps=_tidy_steps(steps, meta))
+    return Study(path=path, meta=meta, trials=tidy_trials(trials, meta, path),
+                 steps=_tidy_steps(steps, meta))
 
 
 def load_studies(paths: Iterable[str | Path]) -> list[Study]:
@@ -172,8 +188,12 @@ def _read_parquet(path: Path) -> pd.DataFrame | None:
         raise LogahError(f"{path}: not a readable Parquet table ({err})") from None
 
 
-def _tidy_trials(trials: pd.DataFrame, meta: dict) -> pd.DataFrame:
-    """Add the grouping columns: the study's name, a target label and an init label."""
+def tidy_trials(trials: pd.DataFrame, meta: dict, path: str | Path | None = None) -> pd.DataFrame:
+    """A trial table (``trials.parquet`` as written) with the grouping columns added: the study's
+    name, a target label and an init label, and ``ghn_train_s`` (the time the trial's GHN took
+    to train, read from the GHN store when ``path``, the study folder, is given). ``meta`` is
+    the study record (``study.json``): its ``name``, and its ``target`` for a table without
+    target columns."""
     trials = trials.copy()
     trials["trial_id"] = trials["trial_id"].astype(str)
     if "error" not in trials.columns:
@@ -185,7 +205,57 @@ def _tidy_trials(trials: pd.DataFrame, meta: dict) -> pd.DataFrame:
     init = trials["finetune.init"] if "finetune.init" in trials else pd.Series("", index=trials.index)
     trials["init_kind"] = [PAPER_NAMES.get(str(i), str(i)) for i in init]
     trials["init_label"] = [_init_label(row) for row in trials.to_dict("records")]
+    trials["ghn_train_s"] = _ghn_train_seconds(trials, meta, None if path is None else Path(path))
     return trials
+
+
+def _ghn_train_seconds(trials: pd.DataFrame, meta: dict, path: Path | None) -> list[float]:
+    """Per trial, the wall time its GHN took to train, the same figure whichever trial trained
+    it. A trial's own ``ghn_wall_s`` is not that: for a trial that reused a GHN of the shared
+    store it is the load, or the wait on the GHN's lock while another trial trained it. The
+    store's ``store.json`` holds the training's own time; a study copied without its store
+    falls back to the ``ghn_wall_s`` of the trial that trained the GHN (NaN when that trial is
+    not in the table). A trial with no GHN gets NaN."""
+    n = len(trials)
+    keys = trials["ghn_key"].fillna("").astype(str) if "ghn_key" in trials else pd.Series([""] * n)
+    reused = (trials["ghn_reused"].fillna(False).astype(bool) if "ghn_reused" in trials
+              else pd.Series([False] * n))
+    own = trials["ghn_wall_s"] if "ghn_wall_s" in trials else pd.Series([math.nan] * n)
+    keys, reused, own = keys.tolist(), reused.tolist(), own.astype(float).tolist()
+    trained = {k: w for k, r, w in zip(keys, reused, own) if k and not r and not math.isnan(w)}
+    store = _ghn_store(meta, path)
+    recorded = {key: _store_seconds(store, key) for key in set(keys) if key}
+    seconds = []
+    for key, was_reused, wall in zip(keys, reused, own):
+        if not key:   # trained in the trial's own folder, no store, no lock: its own time
+            seconds.append(math.nan if was_reused else wall)
+        elif recorded[key] is not None:
+            seconds.append(recorded[key])
+        else:
+            seconds.append(trained.get(key, math.nan))
+    return seconds
+
+
+def _ghn_store(meta: dict, path: Path | None) -> Path | None:
+    """The GHN store of the study (as ``logah.study.tables.ghn_store_of``, which this module
+    cannot import without torch): ``ghn_store`` of study.json, else the folder's own ``ghns``;
+    a recorded store that is gone (a study copied off a cluster) falls back to ``ghns``."""
+    recorded = meta.get("ghn_store")
+    if recorded and Path(recorded).is_dir():
+        return Path(recorded)
+    if path is not None and (path / GHNS_DIR).is_dir():
+        return path / GHNS_DIR
+    return None
+
+
+def _store_seconds(store: Path | None, key: str) -> float | None:
+    if store is None or not (store / key / GHN_STORE_RECORD).is_file():
+        return None
+    try:
+        wall = read_json(store / key / GHN_STORE_RECORD, "GHN store record").get("wall_s")
+    except LogahError:   # a damaged record: the fallback is as good as it gets
+        return None
+    return float(wall) if isinstance(wall, (int, float)) and not isinstance(wall, bool) else None
 
 
 def _tidy_steps(steps: pd.DataFrame, meta: dict) -> pd.DataFrame:

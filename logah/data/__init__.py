@@ -7,12 +7,11 @@ the foolbox wheel), ``cifar10`` / ``cifar100`` (local copy or online). Text (``T
 copy, HF cache or online). Tokenizers: ``gpt2`` (exact, offline) and ``bpe`` (trained, cached).
 An unknown name, or an online-only dataset with no network, raises ``LogahError`` at once.
 
-    from logah.data import load_image_dataset, load_text_dataset, get_tokenizer, ShardSampler
+    from logah.data import load_image_dataset, load_text_dataset, get_tokenizer
 """
 
 from logah.data.images import IMAGE_DATASETS, ImageDataset, ImageDatasetInfo, load_image_dataset
 from logah.data.paths import cache_dir, data_root, offline
-from logah.data.sharding import ShardSampler, shard_indices
 from logah.data.text import (TEXT_DATASETS, TextDatasetInfo, TokenBlockDataset, corpus_documents,
                              load_text_dataset)
 from logah.data.tokenization import TOKENIZERS, get_tokenizer
@@ -20,6 +19,6 @@ from logah.data.tokenization import TOKENIZERS, get_tokenizer
 __all__ = [
     "IMAGE_DATASETS", "ImageDataset", "ImageDatasetInfo", "load_image_dataset",
     "TEXT_DATASETS", "TextDatasetInfo", "TokenBlockDataset", "corpus_documents", "load_text_dataset",
-    "TOKENIZERS", "get_tokenizer", "ShardSampler", "shard_indices",
+    "TOKENIZERS", "get_tokenizer",
     "cache_dir", "data_root", "offline",
 ]

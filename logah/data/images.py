@@ -314,11 +314,13 @@ def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
 
 
 class ImageDataset(Dataset):
-    """Yields ``(x, y)``: ``x`` float (channels, image_size, image_size), normalised; ``y`` int.
+    """Yields ``(x, y)``: ``x`` float (channels, image_size, image_size), normalised; ``y`` int;
+    ``batch(ids)`` gives a whole batch in one gather.
 
-    With ``augment``, each item gets a random crop (zero padding of image_size/8) and, where the
-    dataset allows it, a random horizontal flip, drawn from torch's global RNG (seed it, or the
-    DataLoader worker seeds, for reproducibility).
+    With ``augment``, each training image of a batch gets a random crop (zero padding of
+    image_size/8, zero being the mean after normalisation) and, where the dataset allows it, a
+    random horizontal flip (``torchvision.transforms.v2``), drawn from a generator seeded by the
+    batch's seed, so a batch is the same in any process and on any resume.
     """
 
     def __init__(self, info: ImageDatasetInfo, split: str, images: torch.Tensor, labels: torch.Tensor,
@@ -331,29 +333,43 @@ class ImageDataset(Dataset):
         self._per_item_resize = images.shape[-1] != image_size or images.shape[-2] != image_size
         self._mean = torch.tensor(info.mean).view(-1, 1, 1)
         self._std = torch.tensor(info.std).view(-1, 1, 1)
+        self.transform = _augmentation(image_size, info.flip) if augment else None
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        image = self.images[index]
-        if self._per_item_resize:
-            image = _resize(image[None], self.image_size)[0]
-        x = (image.float() / 255 - self._mean) / self._std                 # (C_native, H, W)
-        if x.shape[0] != self.channels:
-            x = x.expand(self.channels, -1, -1) if x.shape[0] == 1 else x.mean(0, keepdim=True)
-        if self.augment:
-            x = self._augment(x)
-        return x.contiguous(), int(self.labels[index])
+        """One item, augmented (when the dataset augments) from torch's global RNG, as a
+        torchvision dataset in a plain DataLoader would be."""
+        x, y = self.batch([index])
+        image = x[0] if self.transform is None else self.transform(x[0])
+        return image, int(y[0])
 
-    def _augment(self, x: torch.Tensor) -> torch.Tensor:
-        pad = max(1, self.image_size // 8)
-        padded = F.pad(x, (pad, pad, pad, pad))
-        i, j = torch.randint(0, 2 * pad + 1, (2,)).tolist()
-        x = padded[:, i:i + self.image_size, j:j + self.image_size]
-        if self.info.flip and torch.rand(()) < 0.5:
-            x = x.flip(-1)
-        return x
+    def batch(self, ids: list[int], augment_seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images ``ids`` as a float (B, channels, size, size) batch and their labels; augmented
+        (when the dataset augments) with a generator seeded by ``augment_seed`` (None: never)."""
+        index = torch.as_tensor(ids, dtype=torch.long)
+        images = self.images[index]                                        # uint8 (B, C, h, w)
+        if self._per_item_resize:
+            images = _resize(images, self.image_size)
+        x = (images.float() / 255 - self._mean) / self._std                # (B, C_native, H, W)
+        if x.shape[1] != self.channels:
+            x = x.expand(-1, self.channels, -1, -1) if x.shape[1] == 1 else x.mean(1, keepdim=True)
+        if self.transform is not None and augment_seed is not None:
+            with torch.random.fork_rng(devices=[]):     # v2 draws from torch's global RNG
+                torch.manual_seed(augment_seed)
+                x = torch.stack([self.transform(image) for image in x])
+        return x.contiguous(), self.labels[index]
+
+
+def _augmentation(size: int, flip: bool):
+    """Random crop with zero padding of size/8, and a horizontal flip where it keeps the label."""
+    from torchvision.transforms import v2
+
+    steps = [v2.RandomCrop(size, padding=max(1, size // 8), fill=0)]
+    if flip:
+        steps.append(v2.RandomHorizontalFlip())
+    return v2.Compose(steps)
 
 
 def image_dataset_info(name: str) -> ImageDatasetInfo:

@@ -300,6 +300,11 @@ class TokenBlockDataset(Dataset):
         start = (index % self.num_blocks) * self.block_size
         return torch.from_numpy(self.tokens[start:start + self.block_size].astype(np.int64))
 
+    def batch(self, ids: list[int]) -> torch.Tensor:
+        """Blocks ``ids`` as one (B, block_size) int64 batch, in one gather."""
+        blocks = self.tokens[:self.num_tokens].reshape(self.num_blocks, self.block_size)
+        return torch.from_numpy(blocks[np.asarray(ids, dtype=np.int64)].astype(np.int64))
+
 
 def load_text_dataset(name: str, split: str, *, tokenizer, block_size: int) -> TokenBlockDataset:
     """Blocks of ``block_size`` token ids from ``split`` (``train``, ``val`` or ``test``) of corpus

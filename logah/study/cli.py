@@ -15,23 +15,14 @@ import sys
 
 from logah.errors import LogahError
 from logah.study.scales import SCALES
-from logah.study.space import parse_param, parse_value
+from logah.settings import assignments
+from logah.study.space import parse_param
 from logah.study.spec import OBJECTIVES, SEARCHES, Study, StudyOptions, plan_study
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):   # one line, exit 2 (argparse prints the whole usage)
         raise LogahError(message)
-
-
-def _assignments(items: list[str], what: str, parse) -> dict:
-    settings = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        if not sep or not name.strip():
-            raise LogahError(f"{what} {item!r}: expected NAME=VALUE")
-        settings[name.strip()] = parse(value)
-    return settings
 
 
 def build_parser(study: Study) -> argparse.ArgumentParser:
@@ -76,8 +67,8 @@ def parse_options(study: Study, argv: list[str] | None) -> StudyOptions:
         objectives=tuple(o.strip() for o in args.objectives.split(",") if o.strip()),
         train_workers=args.train_workers, gpu=args.gpu, optuna_storage=args.optuna_storage,
         ghn_store=args.ghn_store,
-        set=_assignments(args.set, "--set", parse_value),
-        sweep=_assignments(args.sweep, "--sweep", parse_param))
+        set=assignments(args.set, "--set"),
+        sweep=assignments(args.sweep, "--sweep", parse_param))
 
 
 def main(study: Study, argv: list[str] | None = None) -> int:

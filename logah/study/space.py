@@ -9,9 +9,10 @@ A study declares what it sweeps as ``{dotted name: parameter}``:
 
 A dotted name addresses a field of the trial config's JSON record (``TrialConfig.to_dict()``),
 so every field is sweepable, including the architecture-sampling settings
-(``ghn_training.space.num_archs``). ``Variants`` ties several settings to one named choice,
-for settings that only make sense together (a decoder and the init that uses it). Values of
-``ghn_training.ghn``, ``ghn_training.space`` and ``finetune.target`` may be preset names.
+(``ghn_training.space.num_archs``), with ``logah.settings``'s rules (the same as every
+command's ``--set``). ``Variants`` ties several settings to one named choice, for settings that
+only make sense together (a decoder and the init that uses it). Values of ``ghn_training.ghn``,
+``ghn_training.space`` and ``finetune.target`` may be preset names.
 
 Parameters suggest through Optuna's define-by-run API (``suggest``) and list their values for a
 grid (``grid``). An empty or inverted range is a ``LogahError`` when the study starts, before any
@@ -26,6 +27,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from logah.errors import LogahError
+from logah.settings import flatten, parse_value, set_dotted
+
+__all__ = ["Choice", "FloatRange", "IntRange", "Param", "Variants", "apply_settings", "flatten",
+           "grid_size", "parse_param", "parse_value"]
 
 
 @dataclass(frozen=True)
@@ -153,61 +158,6 @@ def parse_param(text: str) -> Param:
     return Choice(*(parse_value(v) for v in text.split(",")))
 
 
-def parse_value(text: str) -> Any:
-    """A command-line value: an int, a float, true/false/none, or else the string itself."""
-    text = text.strip()
-    lowered = text.lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    if lowered in ("none", "null"):
-        return None
-    for kind in (int, float):
-        try:
-            value = kind(text)
-        except ValueError:
-            continue
-        if isinstance(value, float) and not math.isfinite(value):
-            raise LogahError(f"value {text!r} is not a finite number")
-        return value
-    return text
-
-
-def _named_value(path: str, value: Any) -> Any:
-    """Preset names accepted for whole records: GHN presets, spaces and targets."""
-    if not isinstance(value, str):
-        return value
-    if path == "ghn_training.ghn":
-        from logah.presets import get_preset
-
-        return get_preset(value).to_dict()
-    if path == "ghn_training.space":
-        from logah.archs import get_space, space_to_dict
-
-        return space_to_dict(get_space(value))
-    if path == "finetune.target":
-        from logah.targets import arch_to_dict, resolve_target
-
-        return arch_to_dict(resolve_target(value))
-    return value
-
-
-def set_dotted(record: dict, path: str, value: Any) -> None:
-    """Set ``record[a][b][c] = value`` for ``path`` "a.b.c"; every key must already exist (a
-    typo in a study is an error, not a silently ignored setting)."""
-    *parents, leaf = path.split(".")
-    node = record
-    for depth, key in enumerate(parents):
-        if not isinstance(node, dict) or key not in node or not isinstance(node[key], dict):
-            raise LogahError(f"unknown trial setting {path!r}: "
-                             f"{'.'.join(parents[:depth + 1])!r} is not a group of settings")
-        node = node[key]
-    if not isinstance(node, dict) or leaf not in node:
-        known = sorted(node) if isinstance(node, dict) else []
-        raise LogahError(f"unknown trial setting {path!r}; "
-                         f"{'.'.join(parents) or 'the trial'} has {known}")
-    node[leaf] = _named_value(path, value)
-
-
 def apply_settings(base: dict, settings: dict[str, Any], space: dict[str, Param]) -> dict:
     """The trial record ``base`` with ``settings`` applied; a ``Variants`` name expands to its
     bundle of settings, applied first so that explicit settings can refine it."""
@@ -221,18 +171,6 @@ def apply_settings(base: dict, settings: dict[str, Any], space: dict[str, Param]
         else:
             set_dotted(record, name, value)
     return record
-
-
-def flatten(record: dict, prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists stay values (a table cell each)."""
-    flat: dict[str, Any] = {}
-    for key, value in record.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
 
 
 def grid_size(space: dict[str, Param]) -> int:

@@ -28,7 +28,7 @@ import pandas as pd
 from logah.analysis.stats import pareto_mask
 from logah.io import atomic_file, read_json, write_json
 from logah.study.space import flatten
-from logah.training import METRICS_FILE
+from logah.runs import METRICS_FILE, read_metrics
 
 TRIALS_DIR = "trials"
 GHNS_DIR = "ghns"
@@ -48,19 +48,6 @@ def write_record(folder: Path, record: dict) -> None:
 def read_record(folder: Path) -> dict | None:
     path = folder / RECORD_FILE
     return read_json(path, "trial record") if path.is_file() else None
-
-
-def read_metrics(path: Path) -> list[dict]:
-    """Records of a ``metrics.jsonl``; a line being written right now is skipped."""
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return records
 
 
 def _cell(value):
