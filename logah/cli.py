@@ -316,7 +316,7 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 def _cmd_report(args: argparse.Namespace) -> None:
     from logah.analysis.report import write_report
 
-    print(f"report: {write_report(args.studies, args.out).resolve()}")
+    print(f"report: {write_report(args.studies, args.out, overwrite=args.overwrite).resolve()}")
 
 
 def _add_run_options(p: argparse.ArgumentParser, verb: str, out_help: str) -> None:
@@ -417,6 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "trial table)")
     p.add_argument("studies", nargs="+", metavar="STUDY_DIR", help="study folder(s) STORAGE/NAME")
     p.add_argument("-o", "--out", help="output HTML file (default: report.html in the first study)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing report")
     p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("demo", help="the quick-start job: predict ViT-S and GPT-2-S with logah-t")

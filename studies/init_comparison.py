@@ -9,13 +9,17 @@ structure, Trockman & Kolter, ICML 2023; the paper's scalars, ``finetune.mimetic
 ``lsuv`` (orthogonal, then unit output variance layer by layer on one batch of the fine-tuning
 data, Mishkin & Matas, ICLR 2016).
 
+At the cpu preset the comparison runs on a panel of targets of several shapes (``vit-cpu-panel``:
+four ViTs of other depths, widths, heads, patch and image sizes and MLP ratios), and is reported
+per target and as the panel's mean: a conclusion drawn on one shape does not hold on others.
+
     python studies/init_comparison.py --preset smoke
     python studies/init_comparison.py --preset cpu --task gpt2
 """
 
 import sys
 
-from logah.study import Choice, Study, Variants, main
+from logah.study import Choice, Study, Variants, main, panel
 
 BASELINES = {name: {"finetune.init": name} for name in ("random", "orthogonal", "mimetic", "lsuv")}
 INITS = Variants(
@@ -38,9 +42,12 @@ STUDY = Study(
              "mimetic, LSUV, GHN-3 or LoGAH?",
     space={
         "smoke": {"init": INITS, "finetune.seed": Choice(0, 1)},
-        "cpu:vit": {"init": INITS, "seed": SEEDS, "finetune.lr": Choice(0.02, 0.05, 0.1)},
-        "cpu:gpt2": {"init": INITS, "seed": SEEDS, "finetune.lr": Choice(2e-3, 4e-3, 8e-3)},
-        "cpu:llama": {"init": INITS, "seed": SEEDS, "finetune.lr": Choice(2e-3, 4e-3, 8e-3)},
+        "cpu:vit": {"init": INITS, "seed": SEEDS, "finetune.lr": Choice(0.02, 0.05, 0.1),
+                    "finetune.target": panel("vit-cpu-panel")},
+        "cpu:gpt2": {"init": INITS, "seed": SEEDS, "finetune.lr": Choice(2e-3, 4e-3, 8e-3),
+                     "finetune.target": panel("gpt2-cpu-panel")},
+        "cpu:llama": {"init": INITS, "seed": SEEDS, "finetune.lr": Choice(2e-3, 4e-3, 8e-3),
+                      "finetune.target": panel("llama-cpu-panel")},
         "paper:vit": {"init": PAPER_INITS, "finetune.seed": Choice(0, 1, 2),
                       "finetune.lr": Choice(0.01, 0.02, 0.05, 0.1)},
         "paper:gpt2": {"init": PAPER_INITS, "finetune.seed": Choice(0, 1, 2),

@@ -99,7 +99,7 @@ def test_a_sweep_of_variants_narrows_them_by_name():
     study = load_study("init_comparison")
     plan = plan_study(study, StudyOptions(preset="cpu", task="vit", storage="/tmp/unused",
                                           sweep={"init": Choice("random", "logah")}))
-    assert plan.space["init"].grid() == ["random", "logah"] and plan.num_samples == 2 * 3 * 3
+    assert plan.space["init"].grid() == ["random", "logah"] and plan.num_samples == 2 * 3 * 3 * 4
     assert plan.trial_config({"init": "logah", "seed": "s1", "finetune.lr": 0.05}).uses_ghn
     with pytest.raises(LogahError, match="no variant 'xavier'.*random, orthogonal, mimetic, lsuv, ghn3, logah"):
         plan_study(study, StudyOptions(preset="cpu", task="vit", storage="/tmp/unused",

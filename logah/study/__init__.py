@@ -13,7 +13,7 @@ trial and step tables), ``summary`` (what is printed), ``cli`` (the shared optio
 """
 
 from logah.study.cli import main
-from logah.study.space import Choice, FloatRange, IntRange, Variants
+from logah.study.space import Choice, FloatRange, IntRange, Variants, panel
 from logah.study.spec import Study
 
-__all__ = ["Choice", "FloatRange", "IntRange", "Study", "Variants", "main"]
+__all__ = ["Choice", "FloatRange", "IntRange", "Study", "Variants", "main", "panel"]

@@ -85,5 +85,5 @@ def main(study: Study, argv: list[str] | None = None) -> int:
     print_summary(plan, table)
     from logah.analysis import write_report
 
-    print(f"report: {write_report([plan.study_dir])}")
+    print(f"report: {write_report([plan.study_dir], overwrite=True)}")
     return 0

@@ -40,7 +40,7 @@ SHARED = {
               dict(steps=20, eval_every=10)),
     "cpu": (dict(steps=_CPU_GHN_STEPS, lr=5e-4, checkpoint_every=200, log_every=20,
                  heldout_archs=4),
-            dict(steps=200, eval_every=50)),
+            dict(steps=200, eval_every=100)),
     "paper": ({}, {}),
 }
 

@@ -30,7 +30,7 @@ from logah.errors import LogahError
 from logah.settings import flatten, parse_value, set_dotted
 
 __all__ = ["Choice", "FloatRange", "IntRange", "Param", "Variants", "apply_settings", "flatten",
-           "grid_size", "parse_param", "parse_value"]
+           "grid_size", "panel", "parse_param", "parse_value"]
 
 
 @dataclass(frozen=True)
@@ -138,6 +138,17 @@ class Variants:
 
 
 Param = Choice | IntRange | FloatRange | Variants
+
+
+def panel(name: str) -> Choice:
+    """The targets of a named panel (``logah.families``: ``vit-cpu-panel``, ...) as a choice of
+    ``finetune.target``: a comparison run on several shapes, reported per target and as their
+    mean (``logah.analysis.stats.at_best_setting_per_target``)."""
+    from logah.families import panels
+
+    if name not in panels():
+        raise LogahError(f"unknown target panel {name!r}: use one of {', '.join(panels())}")
+    return Choice(*panels()[name])
 
 
 def parse_param(text: str) -> Param:
