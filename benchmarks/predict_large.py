@@ -40,7 +40,7 @@ Before each measurement the parent waits (up to ``--load-wait`` s) for the 1-min
 average to drop below ``--load-max`` and records it; it ``sync``s before each child, so earlier
 writes are not flushed inside a measurement, and deletes every output afterwards.
 
-    python benchmarks/predict_large.py                  # all cases; tinyllama 3 repeats, 8B once
+    python benchmarks/predict_large.py                  # all cases; tinyllama 3 repeats, 8B twice
     python benchmarks/predict_large.py --cases tinyllama-1.1b:bfloat16 --repeats 1
     python benchmarks/predict_large.py --quick          # 1 repeat, 4 GiB disk test
 
@@ -220,13 +220,17 @@ def child_breakdown(target: str, dtype: str, out: str, variant: str) -> dict:
     way ``predict_to_folder`` and ``ShardWriter.write`` consume it, each stage timed, the bytes
     written to one file in ``out`` (the shard headers and index are left out: a few KB).
 
-    ``variant``: ``current`` does what ``logah`` does now (fresh product per row block, a
-    ``torch.isfinite(block).all()`` check in float32, ``.to(dtype)``, the generator running
-    under the caller's grad mode, which is on); ``proposed`` runs the stream under
+    ``variant``: ``current`` does what ``logah`` does now (a fresh product per row block, a
+    ``torch.isfinite(block).all()`` check in float32, ``.to(dtype)``, the stream's generator
+    running under the caller's grad mode, which is on); ``proposed`` runs the stream under
     ``torch.no_grad()``, computes each row block into one reused float32 buffer
-    (``torch.matmul(..., out=)``), casts into one reused buffer of the output dtype, and checks
+    (``torch.matmul(..., out=)``), casts it into a reused buffer of the output dtype and checks
     finiteness on what is written with ``torch.aminmax`` (one pass, no temporary; NaN
-    propagates)."""
+    propagates); ``overlap`` is ``proposed`` with the ``write()`` calls on one worker thread
+    (two output buffers in turn), so computing the next block overlaps writing this one. With
+    ``overlap`` the *write* stage is the time spent waiting for the writer."""
+    from concurrent.futures import ThreadPoolExecutor
+
     import torch
 
     from logah.checkpoint import resolve_ghn
@@ -234,6 +238,8 @@ def child_breakdown(target: str, dtype: str, out: str, variant: str) -> dict:
     from logah.shards import torch_dtype
     from logah.targets import resolve_target
 
+    if variant not in ("current", "proposed", "overlap"):
+        raise SystemExit(f"unknown variant {variant}")
     record = {"variant": variant, **_versions()}
     arch = resolve_target(target)
     ghn = resolve_ghn(GHN_NAME)
@@ -243,13 +249,33 @@ def child_breakdown(target: str, dtype: str, out: str, variant: str) -> dict:
     memory = Memory()
     cast_to = torch_dtype(dtype)
     times = dict.fromkeys(("stream", "product", "finite", "cast", "write"), 0.0)
-    proposed = variant == "proposed"
+    new = variant != "current"
     max_elements = 2**24                      # LowRank.blocks' default row block
-    buf32 = torch.empty(max_elements) if proposed else None
-    buf_out = torch.empty(max_elements, dtype=cast_to) if proposed else None
+    buf32 = torch.empty(max_elements) if new else None
+    bufs_out = [torch.empty(max_elements, dtype=cast_to) for _ in range(2)] if new else []
+    pending = [None, None]                    # the writer's future for each output buffer
+    pool = ThreadPoolExecutor(1) if variant == "overlap" else None
     os.makedirs(out)
-    nbytes = 0
-    grad = torch.no_grad() if proposed else contextlib.nullcontext()
+    nbytes = turn = 0
+    last = None
+
+    def finite(data) -> bool:
+        if not new:
+            return bool(torch.isfinite(data).all())
+        lo, hi = torch.aminmax(data)
+        return bool(torch.isfinite(lo) & torch.isfinite(hi))
+
+    def write(f, data, slot) -> None:
+        nonlocal last
+        raw = memoryview(data.view(torch.uint8).numpy())
+        if pool is None:
+            f.write(raw)
+        else:
+            last = pool.submit(f.write, raw)
+            if slot is not None:
+                pending[slot] = last
+
+    grad = torch.no_grad() if new else contextlib.nullcontext()
     t_all = time.perf_counter()
     with open(os.path.join(out, "weights.bin"), "wb") as f, grad:
         _, values = ghn.stream(graph)
@@ -261,7 +287,7 @@ def child_breakdown(target: str, dtype: str, out: str, variant: str) -> dict:
             if item is None:
                 break
             _, value = item
-            if hasattr(value, "left") and proposed:
+            if new and hasattr(value, "left"):
                 rows, cols = value.shape
                 step = max(1, max_elements // max(1, cols))
                 right_t = value.right.t()
@@ -271,19 +297,22 @@ def child_breakdown(target: str, dtype: str, out: str, variant: str) -> dict:
                     block = torch.matmul(value.left[s:s + n], right_t,
                                          out=buf32[:n * cols].view(n, cols))
                     t2 = time.perf_counter()
-                    data = buf_out[:n * cols].view(n, cols)
-                    data.copy_(block)
+                    if pending[turn] is not None:    # the writer is done with this buffer
+                        pending[turn].result()
                     t3 = time.perf_counter()
-                    lo, hi = torch.aminmax(data)
-                    if not bool(torch.isfinite(lo) & torch.isfinite(hi)):
-                        raise SystemExit("not finite")
+                    data = bufs_out[turn][:n * cols].view(n, cols)
+                    data.copy_(block)
                     t4 = time.perf_counter()
-                    f.write(memoryview(data.view(torch.uint8).numpy()))
+                    if not finite(data):
+                        raise SystemExit("not finite")
                     t5 = time.perf_counter()
+                    write(f, data, turn)
+                    t6 = time.perf_counter()
+                    turn = 1 - turn
                     times["product"] += t2 - t
-                    times["cast"] += t3 - t2
-                    times["finite"] += t4 - t3
-                    times["write"] += t5 - t4
+                    times["cast"] += t4 - t3
+                    times["finite"] += t5 - t4
+                    times["write"] += (t3 - t2) + (t6 - t5)
                     nbytes += data.numel() * data.element_size()
                 continue
             blocks = value.blocks() if hasattr(value, "blocks") else iter([value])
@@ -294,16 +323,15 @@ def child_breakdown(target: str, dtype: str, out: str, variant: str) -> dict:
                 times["product"] += t2 - t
                 if block is None:
                     break
-                if proposed:
+                if new:    # cast, then check what is written
                     data = block.detach().to(dtype=cast_to).contiguous()
                     t3 = time.perf_counter()
-                    lo, hi = torch.aminmax(data)
-                    ok = bool(torch.isfinite(lo) & torch.isfinite(hi))
+                    ok = finite(data)
                     t4 = time.perf_counter()
                     times["cast"] += t3 - t2
                     times["finite"] += t4 - t3
-                else:
-                    ok = bool(torch.isfinite(block).all())
+                else:      # as ShardWriter: check the float32 block, then cast
+                    ok = finite(block)
                     t3 = time.perf_counter()
                     data = block.detach().to(device="cpu", dtype=cast_to).contiguous()
                     t4 = time.perf_counter()
@@ -311,14 +339,20 @@ def child_breakdown(target: str, dtype: str, out: str, variant: str) -> dict:
                     times["cast"] += t4 - t3
                 if not ok:
                     raise SystemExit("not finite")
-                f.write(memoryview(data.view(torch.uint8).numpy()))
+                write(f, data, None)               # a fresh tensor: the future keeps it alive
                 times["write"] += time.perf_counter() - t4
                 nbytes += data.numel() * data.element_size()
+        t = time.perf_counter()
+        if pool is not None:
+            pool.shutdown(wait=True)
+            if last is not None:
+                last.result()
+        times["write"] += time.perf_counter() - t
     record["total_s"] = time.perf_counter() - t_all
     record["stages_s"] = times
     record["weight_bytes"] = nbytes
     record.update(memory.record())
-    if nbytes <= 5 * GIB:   # after the timing: are both variants' bytes the same?
+    if nbytes <= 5 * GIB:   # after the timing: are the variants' bytes the same?
         import hashlib
 
         digest = hashlib.sha256()
@@ -605,6 +639,7 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+VARIANTS = ("current", "proposed", "overlap")
 STAGES = {"stream": "GHN factors", "product": "row-block products", "finite": "finite check",
           "cast": "cast", "write": "write()"}
 
@@ -644,23 +679,26 @@ def notes(rows: list[dict], records: list[dict], rate: float) -> list[str]:
     for b in records:
         pairs.setdefault((b["target"], b["dtype"]), {})[b["variant"]] = b
     for (target, dtype), v in pairs.items():
-        cur, new = v.get("current"), v.get("proposed")
+        cur = v.get("current")
         if cur is None:
             continue
+        floor = cur["bytes_written"] / rate
         stages = sorted(cur["stages_s"].items(), key=lambda kv: -kv[1])
         share = ", ".join(f"{STAGES[k]} {t / cur['total_s']:.0%}" for k, t in stages)
-        line = (f"- {target} {dtype}, stage by stage (as `logah` does it now, "
-                f"{cur['total_s']:.1f} s): {share}")
-        if new is not None:
-            same = ("same bytes written (sha256)" if cur.get("sha256") and
+        line = (f"- {target} {dtype}, stage by stage as `logah` does it now: "
+                f"{cur['total_s']:.1f} s ({share})")
+        for name in ("proposed", "overlap"):
+            new = v.get(name)
+            if new is None:
+                continue
+            same = ("same bytes (sha256)" if cur.get("sha256") and
                     cur.get("sha256") == new.get("sha256") else
-                    "bytes not compared" if not cur.get("sha256") else "BYTES DIFFER")
-            line += (f"; the proposed consumer (no autograd, reused buffers, `aminmax` check on "
-                     f"the cast block) takes {new['total_s']:.1f} s "
-                     f"({cur['total_s'] / new['total_s']:.1f}x faster; {same}), peak RSS "
-                     f"{new['peak_rss'] / GIB:.2f} GiB against {cur['peak_rss'] / GIB:.2f} GiB; "
-                     f"with its flush {new['total_s'] + new['flush_s']:.1f} s against the disk's "
-                     f"floor {new['bytes_written'] / rate:.1f} s")
+                    "bytes not hashed" if not cur.get("sha256") else "BYTES DIFFER")
+            line += (f"; *{name}* {new['total_s']:.1f} s ({cur['total_s'] / new['total_s']:.2f}x"
+                     f" faster, {same}, peak RSS {new['peak_rss'] / GIB:.2f} GiB against "
+                     f"{cur['peak_rss'] / GIB:.2f})")
+        line += (f"; the disk's floor for these {cur['bytes_written'] / GIB:.2f} GiB is "
+                 f"{floor:.1f} s at the median rate")
         out.append(line)
     return out
 
@@ -672,7 +710,7 @@ def main(argv: list[str] | None = None) -> int:
                              f"the Hugging Face side runs for {', '.join(HF_TARGETS)}")
     parser.add_argument("--repeats", type=int, default=3,
                         help="measurements per side for the cases with a Hugging Face side")
-    parser.add_argument("--large-repeats", type=int, default=1,
+    parser.add_argument("--large-repeats", type=int, default=2,
                         help="measurements of the cases without one (the 8B model)")
     parser.add_argument("--quick", action="store_true",
                         help="1 repeat everywhere, 4 GiB disk test")
@@ -775,7 +813,7 @@ def main(argv: list[str] | None = None) -> int:
              f"{rec['write_s']:.1f} s)")
 
     try:
-        disk("before")
+        disk("before repeat 1")
         plan = []
         for rep in range(max(repeats, large_repeats)):
             for target, dtype in cases:
@@ -785,6 +823,8 @@ def main(argv: list[str] | None = None) -> int:
                 sides = ("predict", "hf") if has_hf else ("predict",)
                 plan += [(rep, target, dtype, s) for s in (sides if rep % 2 == 0 else sides[::-1])]
         for n, (rep, target, dtype, side) in enumerate(plan, 1):
+            if n > 1 and rep != plan[n - 2][0]:
+                disk(f"before repeat {rep + 1}")
             out = base / f"{target}-{dtype}-{side}"
             load, waited = _wait_for_load(args.load_max, args.load_wait)
             os.sync()   # earlier writes are not flushed inside this measurement
@@ -810,7 +850,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(out)
             os.sync()
         for target, dtype in breakdown_cases:
-            for variant in ("current", "proposed"):
+            for variant in VARIANTS:
                 out = base / f"{target}-{dtype}-breakdown-{variant}"
                 load, waited = _wait_for_load(args.load_max, args.load_wait)
                 os.sync()
@@ -830,6 +870,9 @@ def main(argv: list[str] | None = None) -> int:
 
     rate = statistics.median(d["rate"] for d in disks)
     rows = summarise(runs, cases, rate)
+    slowest, fastest = min(d["rate"] for d in disks), max(d["rate"] for d in disks)
+    for row in rows:
+        row["floor_s_range"] = [row["bytes_written"] / fastest, row["bytes_written"] / slowest]
     table = markdown_table(rows)
     print(table)
 
@@ -879,6 +922,13 @@ def main(argv: list[str] | None = None) -> int:
     disk_lines = [f"- {d['label']}: {d['bytes'] / GIB:.2f} GiB in {d['write_fsync_s']:.1f} s = "
                   f"{d['rate'] / 1e6:.0f} MB/s (write() calls {d['write_s']:.1f} s, the rest is "
                   f"fsync; load {d['load1_at_start']:.2f})" for d in disks]
+    slow, fast = min(d["rate"] for d in disks), max(d["rate"] for d in disks)
+    disk_lines.append(
+        f"- the rate varied {slow / 1e6:.0f}-{fast / 1e6:.0f} MB/s between measurements (a "
+        f"virtual disk shared with other machines): the floors in the tables use the median, "
+        f"and lie between {rate / fast:.2f}x and {rate / slow:.2f}x of it at the "
+        f"extremes (the 8B's {LARGE_PARAMS * 2 / GIB:.2f} GiB: {LARGE_PARAMS * 2 / fast:.0f}-"
+        f"{LARGE_PARAMS * 2 / slow:.0f} s)")
     md = "\n".join([
         "# Large Llamas: `logah predict` streamed into shards vs. Hugging Face's random init",
         "",
@@ -935,7 +985,10 @@ def main(argv: list[str] | None = None) -> int:
              "*proposed*: the loop under `torch.no_grad()`, each row block computed into one "
              "reused float32 buffer (`torch.matmul(..., out=)`), cast into one reused buffer of "
              "the output dtype, finiteness checked on that cast block with `torch.aminmax` "
-             "(NaN propagates; one pass, no temporaries)."),
+             "(NaN propagates; one pass, no temporaries); *overlap*: *proposed* with the "
+             "`write()` calls on one worker thread and two output buffers in turn, so the next "
+             "block is computed while this one is written (its *write()* column is the time "
+             "spent waiting for the writer)."),
             "",
             breakdown_table(breakdowns, rate),
             "",

@@ -1,4 +1,4 @@
-"""Fine-tuning a target ViT or GPT-2 from a chosen initialisation (DESIGN.md §3.5).
+"""Fine-tuning a target from a chosen initialisation (docs/design.md §3.5).
 
     logah finetune --target vit-cpu-target --init logah --ghn runs/ghn --data fashion-mnist \\
         --preset vit-cpu --out runs/ft
@@ -220,12 +220,12 @@ def make_finetuner(config: FinetuneConfig, *, rank: int = 0, world_size: int = 1
     device = resolve_device(device)
     task, arch, model = initialised_target(config, device=device, rank=rank,
                                            world_size=world_size, what="fine-tuning",
-                                           copies=_training_copies(config.optimizer))
+                                           copies=training_copies(config.optimizer))
     return Finetuner(config, model, task, arch, rank=rank, world_size=world_size, device=device,
                      resume_from=resume_from)
 
 
-def _training_copies(optimizer: str) -> int:
+def training_copies(optimizer: str) -> int:
     """Float32 copies of the parameters that training holds: weights, gradients, the optimizer's
     state (SGD momentum: one, AdamW moments: two) and the initialisation's transient copy."""
     return 3 + (2 if optimizer == "adamw" else 1)

@@ -21,7 +21,7 @@ matrix. A low-rank decoder's prediction has rank ≤ r in every matrix (r = 16 o
 the CPU preset on ``vit-cpu-target``), so fine-tuning must build the other directions from zero;
 the perturbation gives them the random init's start while keeping the prediction's.
 
-Transfer (DESIGN.md §3.5): a GHN trained on dataset A initialises a target for dataset B. What
+Transfer (docs/design.md §3.5): a GHN trained on dataset A initialises a target for dataset B. What
 of the prediction is kept then (classifier, embeddings of another tokenizer) and what is refused
 or warned about is decided in ``logah.transfer``.
 """

@@ -1,6 +1,7 @@
 """Named GHN configurations: the paper's (Table 1) and CPU-scale ones for laptops and tests.
 
-Parameter counts of the paper presets match Table 1 within 1% (see ``tests/test_presets.py``).
+Parameter counts of the paper presets match Table 1 within 1% (``tests/test_cli.py`` checks them;
+docs/design.md §3.3).
 GHN-3 presets count a 1000-class head, as GHN-3's released ImageNet models do: with it the
 counts are 6.91M / 35.80M / 214.7M / 654.3M against the table's 6.9 / 35.8 / 214.7 / 654.4M
 (with 100 classes GHN-3-T would have 6.79M, 1.6% short of the table).

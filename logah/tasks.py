@@ -22,8 +22,8 @@ from typing import Callable, Iterator
 import torch
 import torch.nn.functional as F
 
-from logah.data import (IMAGE_DATASETS, TEXT_DATASETS, get_tokenizer, load_image_dataset,
-                        load_text_dataset)
+from logah.data import (IMAGE_DATASETS, TEXT_DATASETS, corpus_documents, get_tokenizer,
+                        load_image_dataset, load_text_dataset)
 from logah.data.loading import StepSampler, batch_loader, evaluation_keys
 from logah.errors import LogahError
 from logah.families import IMAGE, TEXT, family_of, families_of_kind
@@ -233,6 +233,19 @@ def check_dataset_kind(arch: Arch, dataset: str) -> None:
         raise LogahError(f"dataset {dataset} is {_KIND_WORDS[kind]}, but a {arch.family} target "
                          f"needs {_KIND_WORDS[needed]}: one of "
                          f"{', '.join(sorted(_DATASETS[needed]))}")
+
+
+def check_dataset(name: str) -> None:
+    """``name`` is a dataset this machine can read now (its files are there, or the network
+    is): a ``LogahError`` that says how to get it otherwise. Reading is cached per process."""
+    kind = dataset_kind(name)
+    if kind is None:
+        known = sorted([*IMAGE_DATASETS, *TEXT_DATASETS])
+        raise LogahError(f"unknown dataset {name!r}: use one of {', '.join(known)}")
+    if kind == IMAGE:
+        IMAGE_DATASETS[name].load()
+    else:
+        corpus_documents(name, "train")
 
 
 def default_dataset(kind: str) -> str:

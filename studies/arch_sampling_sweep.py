@@ -1,6 +1,6 @@
 """Architecture-sampling sweep: how the training space of the GHN (depth and width ranges, the
 number of architectures, the parameter cap) and the meta-batch size m change the quality of the
-predicted-then-fine-tuned target (paper Table 3 varies m; DESIGN.md §3.4 the rest).
+predicted-then-fine-tuned target (paper Table 3 varies m; docs/design.md §3.4 the rest).
 
     python studies/arch_sampling_sweep.py --preset smoke
     python studies/arch_sampling_sweep.py --preset cpu --search tpe --num-samples 16

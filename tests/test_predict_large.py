@@ -27,8 +27,9 @@ SMOLLM2 = {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 3
            "tie_word_embeddings": True}
 # Peak RSS allowed above the resident set after the imports, in float32 copies of the largest
 # tensor (the embedding, 49152 x 576 = 113 MB). Measured on the 2-core development machine:
-# 2.6-2.8 (GHN, graph, the decoder's factors, one 64 MB row block of a product, its bfloat16
-# cast); the whole prediction held in memory would add 4.8 of them (538 MB in float32) at least.
+# 2.73-2.75 in three runs, ~295 MiB above ~752 MiB (GHN, graph, the decoder's factors, one
+# 64 MB row block of a product and its bfloat16 cast); the whole prediction held in memory would
+# add 4.8 of them (538 MB in float32) at least.
 MAX_LARGEST_MULTIPLE = 4.0
 
 CHILD = r"""

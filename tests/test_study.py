@@ -178,6 +178,32 @@ def test_smoke_rank_sweep_tables_failures_and_shared_ghns(smoke_study):
     states = {t.user_attrs["tune_trial_id"]: t.state.name for t in ot}
     assert {states[i] for i in failed["trial_id"]} == {"FAIL"}
     assert {states[i] for i in done["trial_id"]} == {"COMPLETE"}
+    # what optuna-dashboard shows: the metric's name, the question, the measured values
+    study = optuna.load_study(study_name=info["optuna_study_name"], storage=info["optuna_storage"])
+    assert study.metric_names == ["val_accuracy"]
+    assert study.user_attrs["question"] == info["question"]
+    by_id = {t.user_attrs["tune_trial_id"]: t for t in ot}
+    for _, row in finetuned[finetuned["val_accuracy"].notna()].groupby("trial_id"):
+        measured = dict(zip(row["step"], row["val_accuracy"]))
+        assert by_id[row["trial_id"].iloc[0]].intermediate_values == measured
+    # a failed trial still shows what it ran (its rank is in the table, not missing)
+    assert failed["ghn_training.ghn.rank"].notna().all() and failed["finetune.init"].eq("logah").all()
+
+
+def test_a_study_records_what_ran(smoke_study):
+    """Code version, packages and machine in study.json; each trial ran the package snapshot
+    the study started with, not the working tree (Ray ships it to the workers)."""
+    info = json.loads((smoke_study / "study.json").read_text())
+    code = info["provenance"]["code"]
+    assert len(code["commit"]) == 40 and isinstance(code["dirty"], bool) and code["digest"]
+    assert {"python", "torch", "ray", "optuna", "transformers"} <= set(info["provenance"]["versions"])
+    machine = info["provenance"]["machine"]
+    assert machine["cpus"] >= 1 and machine["memory_gib"] > 0
+    assert [s["digest"] for s in info["segments"]] == [code["digest"]]
+    assert info["wall_s"] == pytest.approx(info["segments"][0]["wall_s"])
+    for record in trial_records(smoke_study).values():
+        assert record["code"]["digest"] == code["digest"]
+        assert not Path(record["code"]["path"]).is_relative_to(ROOT)     # a snapshot, elsewhere
 
 
 @pytest.mark.parametrize("change, message", [
@@ -237,9 +263,13 @@ def test_a_killed_study_resumes_without_rerunning_or_losing_trials(tmp_path):
     finished = {i: r["finished_at"] for i, r in before.items() if r["status"] == "COMPLETE"}
     assert 1 <= len(finished) < 4
 
+    killed = json.loads((folder / "study.json").read_text())["segments"]
+    assert len(killed) == 1 and killed[0]["finished_at"] is None and killed[0]["wall_s"] > 0
     resumed = run_script("rank_sweep", *args, "--resume")
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     trials, _, info = read_study(folder)
+    assert len(info["segments"]) == 2 and info["segments"][0] == killed[0]    # both runs count
+    assert info["wall_s"] == pytest.approx(killed[0]["wall_s"] + info["segments"][1]["wall_s"])
     assert len(trials) == 4 and trials["trial_id"].is_unique
     assert (trials["status"] == "COMPLETE").all()
     after = trial_records(folder)
@@ -251,6 +281,99 @@ def test_a_killed_study_resumes_without_rerunning_or_losing_trials(tmp_path):
     # trials the killed driver had asked Optuna for (at most one per concurrent slot, 2 here)
     # but never started are closed as FAIL
     assert all(t.state.name == "FAIL" for t in ot if t not in complete) and len(ot) <= 4 + 2
+
+
+def start_study(args: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    env.pop("RAY_ADDRESS", None)
+    return subprocess.Popen([sys.executable, str(ROOT / "studies" / "rank_sweep.py"), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+
+
+def wait_for(condition, process: subprocess.Popen, timeout: float = 900):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = condition()
+        if found:
+            return found
+        assert process.poll() is None, "the study ended first: " + process.stderr.read()[-3000:]
+        time.sleep(0.5)
+    raise AssertionError("timed out")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_a_trial_whose_worker_dies_is_retried_and_completes(tmp_path):
+    """SIGKILL of a trial's process (what an OOM kill or a lost spot node does): Tune runs the
+    trial again, which resumes its GHN training from its checkpoint; every trial completes."""
+    folder = tmp_path / "studies" / "k"
+    study = start_study(["--preset", "smoke", "--storage", str(folder.parent), "--name", "k",
+                         "--set", "ghn_training.steps=120"])    # long enough to be caught
+
+    def training():            # a trial whose GHN has a checkpoint, still training
+        for trial_id, record in trial_records(folder).items():
+            ghn = folder / "ghns" / str(record.get("ghn_key"))
+            if record["status"] == "RUNNING" and (ghn / "checkpoint").is_dir() \
+                    and not (ghn / "store.json").exists():
+                return trial_id, record
+        return None
+
+    trial_id, record = wait_for(training, study)
+    os.kill(record["pid"], signal.SIGKILL)          # the trial process of the study we started
+    out, err = study.communicate(timeout=1200)
+    assert study.returncode == 0, out[-3000:] + err[-3000:]
+    assert f"trial {trial_id} failed (its process died)" in out and "resumes from" in out
+    trials, _, _ = read_study(folder)
+    assert (trials["status"] == "COMPLETE").all() and len(trials) == 2
+    retried = trial_records(folder)[trial_id]
+    assert retried["attempt"] == 2 and retried["pid"] != record["pid"]
+    steps = [json.loads(line)["step"] for line in
+             (folder / "ghns" / record["ghn_key"] / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)) and steps[-1] == 120    # resumed, not restarted twice
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_resume_runs_failed_trials_again_and_counts_both_runs(tmp_path, capsys):
+    """A trial fails on the state of the disk (its GHN's folder is taken by a file): the study
+    exits 3; once that is fixed, --resume runs it again and every trial completes. study.json
+    then holds both runs, its wall time their sum; a resume with nothing left to run changes
+    neither, and one on other code says so."""
+    storage, name = tmp_path / "studies", "f"
+    study = load_study("rank_sweep")
+    plan = plan_study(study, StudyOptions(preset="smoke", storage=str(storage), name=name))
+    from logah.ghn_store import config_key
+
+    blocked = plan.ghn_store / config_key(plan.trial_config({"ghn_training.ghn.rank": 2}).ghn_training)
+    blocked.parent.mkdir(parents=True)
+    blocked.write_text("not a GHN folder")
+    args = ["--preset", "smoke", "--storage", str(storage), "--name", name]
+    first = run_script("rank_sweep", *args)
+    assert first.returncode == 3, first.stdout[-2000:] + first.stderr[-2000:]
+    trials, _, info = read_study(storage / name)
+    assert sorted(trials["status"]) == ["COMPLETE", "FAILED"]
+    assert len(info["segments"]) == 1
+
+    blocked.unlink()
+    resumed = run_script("rank_sweep", *args, "--resume")
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    trials, _, info = read_study(storage / name)
+    assert (trials["status"] == "COMPLETE").all() and len(trials) == 2
+    segments = info["segments"]
+    assert len(segments) == 2 and all(s["wall_s"] > 0 for s in segments)
+    assert info["wall_s"] == pytest.approx(sum(s["wall_s"] for s in segments))
+    assert info["finished_at"] == segments[-1]["finished_at"]
+
+    (storage / name / "study.json").write_text(json.dumps(
+        {**info, "segments": [*segments[:-1], {**segments[-1], "digest": "0123456789abcdef",
+                                               "commit": "f" * 40}]}))
+    again = run_script("rank_sweep", *args, "--resume")
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    assert "last ran ffffffffff" in again.stderr and "its trials mix two versions" in again.stderr
+    after = json.loads((storage / name / "study.json").read_text())
+    assert len(after["segments"]) == 2 and after["wall_s"] == pytest.approx(info["wall_s"])
+    assert after["finished_at"] == info["finished_at"]
 
 
 def free_port() -> int:

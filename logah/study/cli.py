@@ -71,10 +71,16 @@ def parse_options(study: Study, argv: list[str] | None) -> StudyOptions:
         sweep=assignments(args.sweep, "--sweep", parse_param))
 
 
+FAILED_TRIALS = 3     # exit status of a study that ran but has failed trials
+
+
 def main(study: Study, argv: list[str] | None = None) -> int:
-    """Parse, plan, run and print a study; 0 on success, 2 on bad input."""
+    """Parse, plan, run and print a study. Exit status: 0 when every trial is complete, 2 on
+    bad input (nothing run), 3 when the study ran but some trials failed (their count on
+    stderr; the tables and the report still show them)."""
     try:
         plan = plan_study(study, parse_options(study, argv))
+        from logah.analysis import write_report
         from logah.study.runner import run_study
         from logah.study.summary import print_summary
 
@@ -82,8 +88,12 @@ def main(study: Study, argv: list[str] | None = None) -> int:
     except LogahError as err:
         print(f"{study.name}: error: {err}", file=sys.stderr)
         return 2
-    print_summary(plan, table)
-    from logah.analysis import write_report
-
+    if not table.empty:
+        print_summary(plan, table)
     print(f"report: {write_report([plan.study_dir], overwrite=True)}")
+    failed = int((table["status"] == "FAILED").sum()) if not table.empty else 0
+    if failed:
+        print(f"{study.name}: {failed} of {len(table)} trials failed (see the report; "
+              f"--resume runs them again)", file=sys.stderr)
+        return FAILED_TRIALS
     return 0

@@ -7,7 +7,7 @@ Each trial is ``logah.trial.run_trial`` in a Tune function trainable, in its own
 ``STUDY/trials/<trial_id>`` (so a restarted trial resumes its phases from their checkpoints).
 Trials whose GHN-training config is identical share one trained GHN (``STUDY/ghns``).
 
-Resources (Ray 2.60 deadlocks silently when they do not add up; reference/ray-ecosystem.md §3):
+Resources (Ray 2.60 deadlocks silently when they do not add up; docs/design.md §5):
 with ``train_workers == 1`` a trial holds one CPU (and one GPU with ``gpu``) and trains in its
 own process; with more, the trial is a *driver* holding only the custom resource ``train_driver``
 and its GHN training runs on a ``TorchTrainer`` with that many workers, whose rank-0 metrics reach
@@ -23,10 +23,17 @@ checkpoints.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
+import atexit
 import json
+import logging
 import os
+import shutil
+import sys
+import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import optuna
@@ -39,15 +46,18 @@ from logah.errors import LogahError
 from logah.finetune import summarize
 from logah.ghn_store import config_key
 from logah.io import dumps, read_json, write_json
-from logah.study.space import flatten
-from logah.study.spec import StudyPlan, ghn_params
-from logah.study.tables import (STUDY_FILE, TRIALS_DIR, ghn_store_of, now, read_metrics,
+from logah.provenance import code_digest, package_dir, provenance
+from logah.settings import flatten
+from logah.study.spec import StudyPlan, check_runnable_here, ghn_params
+from logah.runs import read_metrics
+from logah.study.tables import (STUDY_FILE, TRIALS_DIR, ghn_store_of, now,
                                 read_record, write_record, write_tables)
 from logah.trial import run_trial
 
 TUNE_DIR = "tune"
 LOCK_FILE = ".lock"
 DRIVER_RESOURCE = "train_driver"
+MAX_TRIAL_RETRIES = 2       # Tune restarts a trial whose process died (OOM kill, lost node)
 
 
 # --- inside a trial --------------------------------------------------------------------------
@@ -100,20 +110,30 @@ def _final_metrics(record: dict, plan: StudyPlan) -> dict:
 
 
 def study_trial(sampled: dict, plan: StudyPlan) -> None:
-    """One trial of the study (a Tune function trainable)."""
+    """One trial of the study (a Tune function trainable). Tune runs it again after a failure
+    (up to ``MAX_TRIAL_RETRIES`` times; a dead worker, a lost node) and ``--resume`` runs failed
+    trials again: each phase resumes from its checkpoint. A mistake in the trial's settings
+    (``LogahError``) would fail the same way again, so within one run of the study a retry of
+    such a trial stops at once with the same error."""
     trial_id = tune.get_context().get_trial_id()
     folder = plan.study_dir / TRIALS_DIR / trial_id
     previous = read_record(folder) or {}
     if previous.get("status") == "COMPLETE":   # finished before the driver was interrupted
         tune.report(_final_metrics(previous, plan))
         return
+    if (previous.get("status") == "FAILED" and previous.get("user_error")
+            and previous.get("segment") == plan.segment):
+        raise LogahError(previous["error"].removeprefix("LogahError: "))
     folder.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     record = {"trial_id": trial_id, "status": "RUNNING", "settings": sampled,
-              "metric": plan.metric, "mode": plan.mode,
+              "metric": plan.metric, "mode": plan.mode, "segment": plan.segment,
+              "attempt": previous.get("attempt", 0) + 1, "pid": os.getpid(),
+              "code": {"path": str(package_dir()), "digest": code_digest()},
               "started_at": previous.get("started_at") or now()}
     write_record(folder, record)
     try:
+        record["config"] = plan.trial_record(sampled)    # what it asks for, even if invalid
         config = plan.trial_config(sampled)
         record.update(config=config.to_dict(), ghn_params=ghn_params(config),
                       ghn_key=config_key(config.ghn_training) if config.uses_ghn else None)
@@ -125,6 +145,7 @@ def study_trial(sampled: dict, plan: StudyPlan) -> None:
                             train_fn=_ray_train_ghn(plan) if distributed else None)
     except Exception as err:
         record.update(status="FAILED", error=f"{type(err).__name__}: {err}", finished_at=now(),
+                      user_error=isinstance(err, LogahError),
                       wall_s=time.perf_counter() - start)
         write_record(folder, record)
         raise
@@ -140,8 +161,45 @@ class TableCallback(tune.Callback):
     Also closes the records of trials that Tune ended from outside (ASHA stopping one early, a
     trial process that died), which the trials themselves could not write."""
 
-    def __init__(self, plan: StudyPlan):
-        self.plan = plan
+    def __init__(self, plan: StudyPlan, segments: "_Segments"):
+        self.plan, self.segments = plan, segments
+        self.active = False       # whether any trial started in this run of the study
+        self.finished = 0
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.active = True
+        self.segments.update(force=True)
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        record = read_record(self.plan.study_dir / TRIALS_DIR / trial.trial_id) or {}
+        reason = record.get("error") if record.get("status") == "FAILED" else None
+        again = ("a mistake in its settings fails again at once" if record.get("user_error")
+                 else "it resumes from its checkpoints")
+        print(f"trial {trial.trial_id} failed ({(reason or 'its process died').splitlines()[0][:200]}); "
+              f"Tune runs it again: {again}", flush=True)
+
+    def _progress(self, trials, trial) -> None:
+        """One line per finished trial: what it ran and how it ended (Tune's own tables are
+        off: they print every record of every trial)."""
+        record = read_record(self.plan.study_dir / TRIALS_DIR / trial.trial_id) or {}
+        self.finished += 1
+        settings = ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in (record.get("settings")
+                                                                         or {}).items())
+        summary = record.get("summary") or {}
+        metric = self.plan.metric
+        if record.get("status") == "COMPLETE":
+            test = summary.get(f"test_{metric.removeprefix('val_')}")
+            outcome = (f"best {metric} {summary.get(f'best_{metric}', float('nan')):.4g}"
+                       + (f", test {test:.4g}" if test is not None else ""))
+        else:
+            outcome = (record.get("error") or "failed").splitlines()[0][:200]
+        wall = record.get("wall_s")
+        print(f"[{self.finished}/{self.plan.num_samples}] trial {trial.trial_id} ({settings}): "
+              f"{record.get('status', trial.status)}, {outcome}"
+              + (f" ({wall:.0f} s)" if wall else ""), flush=True)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.segments.update()
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         folder = self.plan.study_dir / TRIALS_DIR / trial.trial_id
@@ -155,6 +213,8 @@ class TableCallback(tune.Callback):
             record.update(status="COMPLETE", stopped_early=last < budget, finished_at=now())
             write_record(folder, record)
         write_tables(self.plan.study_dir)
+        self.segments.update(force=True)
+        self._progress(trials, trial)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         folder = self.plan.study_dir / TRIALS_DIR / trial.trial_id
@@ -167,6 +227,8 @@ class TableCallback(tune.Callback):
             folder.mkdir(parents=True, exist_ok=True)
             write_record(folder, record)
         write_tables(self.plan.study_dir)
+        self.segments.update(force=True)
+        self._progress(trials, trial)
 
     def on_experiment_end(self, trials, **info):
         write_tables(self.plan.study_dir)
@@ -183,15 +245,28 @@ class _DefineByRun:
             param.suggest(trial, name)
 
 
+class _TuneGridSampler(optuna.samplers.GridSampler):
+    """Optuna's grid, without its own stop: Optuna's sampler stops the study when the grid is
+    done, which only works inside ``Study.optimize``; here Tune runs the trials and decides when
+    the study ends (from outside ``optimize`` the stop raises, and the last trial's result was
+    logged as a warning)."""
+
+    def after_trial(self, study, trial, state, values) -> None:
+        pass
+
+
 class TaggedOptunaSearch(OptunaSearch):
     """OptunaSearch that records the Tune trial id on each Optuna trial (``tune_trial_id``), so
     the Optuna study and the trial table can be joined, and whose intermediate values are the
-    fine-tuning records' (at their fine-tuning step), not the GHN phase's, which have none."""
+    fine-tuning metric as measured (``raw_metric`` at its fine-tuning step; the searcher itself
+    optimises the running best), not the GHN phase's, which have none."""
+
+    raw_metric: str | None = None
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if (isinstance(self.metric, str) and self.metric in result and "step" in result
+        if (self.raw_metric in result and "step" in result
                 and trial_id not in self._completed_trials):
-            self._ot_trials[trial_id].report(result[self.metric], result["step"])
+            self._ot_trials[trial_id].report(result[self.raw_metric], result["step"])
 
     def suggest(self, trial_id: str):
         config = super().suggest(trial_id)
@@ -205,20 +280,31 @@ def _searcher(plan: StudyPlan):
     if len(plan.objectives) > 1:
         sampler = optuna.samplers.NSGAIISampler(seed=seed)
     elif plan.search == "grid":
-        sampler = optuna.samplers.GridSampler({n: p.grid() for n, p in plan.space.items()},
-                                              seed=seed)
+        sampler = _TuneGridSampler({n: p.grid() for n, p in plan.space.items()}, seed=seed)
     else:
         sampler = optuna.samplers.TPESampler(seed=seed)
     metrics = [o["column"] for o in plan.objectives]
     modes = [o["mode"] for o in plan.objectives]
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         storage = optuna.storages.RDBStorage(plan.optuna_storage)
     except Exception as err:   # SQLAlchemy raises many types for a bad URL or an unreachable DB
         raise LogahError(f"--optuna-storage {plan.optuna_storage}: {err}") from None
-    return TaggedOptunaSearch(space=_DefineByRun(plan.space),
-                              metric=metrics if len(metrics) > 1 else metrics[0],
-                              mode=modes if len(modes) > 1 else modes[0], sampler=sampler,
-                              study_name=plan.name, storage=storage)
+    searcher = TaggedOptunaSearch(space=_DefineByRun(plan.space),
+                                  metric=metrics if len(metrics) > 1 else metrics[0],
+                                  mode=modes if len(modes) > 1 else modes[0], sampler=sampler,
+                                  study_name=plan.name, storage=storage)
+    searcher.raw_metric = plan.metric
+    study = searcher._ot_study        # what optuna-dashboard shows: the metric and the question
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([o["metric"] if o["column"] == "best" else o["column"]
+                                for o in plan.objectives])
+    for key, value in (("question", plan.study.question), ("script", plan.study.name),
+                       ("preset", plan.options.preset), ("task", plan.task),
+                       ("objective", f"best {plan.metric} over fine-tuning ({plan.mode})")):
+        study.set_user_attr(key, value)
+    return searcher
 
 
 def _scheduler(plan: StudyPlan):
@@ -234,31 +320,53 @@ def _scheduler(plan: StudyPlan):
                          reduction_factor=2)
 
 
-def connect_ray() -> None:
+def connect_ray() -> tuple[str, str]:
     """Attach to the cluster of a Ray job (``RAY_ADDRESS``), else start an embedded local Ray
-    with every core (never a bare ``ray.init()``: it would attach to a leftover ``ray start``)."""
-    import logging
+    with every core (never a bare ``ray.init()``: it would attach to a leftover ``ray start``).
+    Returns where the trials' code comes from, and its digest: a job runs in Ray's copy of its
+    working dir; an embedded Ray ships a copy of this ``logah`` package, taken now, to its
+    workers, so editing the tree while a study runs does not change
+    its later trials, and the digest is the copy's. The copy is the workers' working directory
+    (runtime env ``working_dir``): as a mere ``py_modules`` entry it would come after the
+    driver's working directory on their path, and a checkout there would win."""
 
     import ray
 
-    if ray.is_initialized():
-        return
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(logging_level=logging.WARNING)
-        return
+        if not ray.is_initialized():
+            ray.init(logging_level=logging.WARNING)
+        return "the Ray job's copy of its working directory", code_digest()
+    snapshot = Path(tempfile.mkdtemp(prefix="logah-snapshot-")) / "logah"
+    shutil.copytree(package_dir(), snapshot, ignore=shutil.ignore_patterns("__pycache__"))
+    atexit.register(shutil.rmtree, snapshot.parent, ignore_errors=True)
+    if not ray.is_initialized():
+        # a private Ray started for this study: its token-authentication notice is no news
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
+            logging.ERROR)
+        cpus = len(os.sched_getaffinity(0))
+        ray.init("local", num_cpus=cpus, resources={DRIVER_RESOURCE: cpus},
+                 dashboard_host="127.0.0.1", logging_level=logging.WARNING,
+                 runtime_env={"working_dir": str(snapshot.parent)})
+    return (f"a copy of {package_dir()} taken when the study started (Ray working_dir)",
+            code_digest(snapshot))
+
+
+def _local_resources() -> dict:
+    """What the embedded Ray a study starts here will have (``connect_ray``)."""
     cpus = len(os.sched_getaffinity(0))
-    ray.init("local", num_cpus=cpus, resources={DRIVER_RESOURCE: cpus},
-             dashboard_host="127.0.0.1", logging_level=logging.WARNING)
+    import torch
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return {"CPU": cpus, "GPU": gpus, DRIVER_RESOURCE: cpus}
 
 
-def _trial_resources(plan: StudyPlan) -> tuple[dict, int]:
-    """What one trial holds, and how many can run at once on this cluster."""
-    import ray
-
-    available = ray.cluster_resources()
+def _trial_resources(plan: StudyPlan, available: dict) -> tuple[dict, int]:
+    """What one trial holds, and how many can run at once on a cluster with ``available``
+    resources (checked before Ray starts for an embedded Ray, and again on the cluster)."""
     workers, gpu = plan.options.train_workers, plan.options.gpu
     if gpu and available.get("GPU", 0) < 1:
-        raise LogahError("--gpu: the Ray cluster has no GPU")
+        raise LogahError("--gpu: the Ray cluster has no GPU" if os.environ.get("RAY_ADDRESS")
+                         else "--gpu: this machine has no GPU that torch can use")
     if workers == 1:
         resources = {"CPU": 1, **({"GPU": 1} if gpu else {})}
         limit = int(available.get("CPU", 0)) if not gpu else int(available["GPU"])
@@ -285,6 +393,10 @@ def _check_folder(plan: StudyPlan) -> None:
             raise LogahError(f"cannot resume: {plan.study_dir} holds no study run "
                              f"(run it without --resume first)")
         saved = read_json(plan.study_dir / STUDY_FILE, "study record")
+        if saved.get("folder") and Path(saved["folder"]) != plan.study_dir:
+            raise LogahError(f"cannot resume {plan.study_dir}: the study ran in {saved['folder']} "
+                             f"and was moved (its Tune and Optuna state name that folder); "
+                             f"resume it there, or analyse this copy with logah report")
         if saved.get("swept") != sorted(plan.space) or saved.get("search") != _search_name(plan):
             raise LogahError(f"cannot resume {plan.study_dir}: it was run with another search "
                              f"space or search (swept {saved.get('swept')})")
@@ -339,7 +451,8 @@ def _changed_settings(saved: dict | None, current: dict) -> str:
 
 def _study_record(plan: StudyPlan, **extra) -> dict:
     trial = _base_record(plan)
-    return {"name": plan.name, "script": plan.study.name, "question": plan.study.question,
+    return {"name": plan.name, "folder": str(plan.study_dir), "script": plan.study.name,
+            "question": plan.study.question,
             "preset": plan.options.preset, "task": plan.task, "objectives": plan.objectives,
             "swept": sorted(plan.space), "fixed": plan.fixed,
             "target": trial["finetune"]["target"],
@@ -353,37 +466,112 @@ def _study_record(plan: StudyPlan, **extra) -> dict:
 
 def run_study(plan: StudyPlan) -> pd.DataFrame:
     """Run (or, with ``resume``, continue) the study; returns its trial table. Everything that
-    can refuse the run (folder, cluster resources, storage) is checked before anything is
-    written."""
+    can refuse the run (folder, lock, resources of the Ray it will start) is checked before Ray
+    starts; a new study whose set-up fails before any trial started leaves no folder behind."""
     _check_folder(plan)
+    if not os.environ.get("RAY_ADDRESS"):
+        check_runnable_here(plan)
+        _trial_resources(plan, _local_resources())
     started = time.perf_counter()      # the study's wall time includes starting Ray
     os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
     # GHN-phase records carry no fine-tuning metric yet; the final record of a trial always does
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
-    connect_ray()
-    resources, limit = _trial_resources(plan)
+    # what a study prints is one line per trial (TableCallback); Tune's own tables of every
+    # record and its tracebacks of failed trials (which the trial records and the report hold)
+    # are off
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
+    new = not plan.study_dir.exists()
     _create_folder(plan)
-    with open(plan.study_dir / LOCK_FILE, "a") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise LogahError(f"study {plan.study_dir} is being run by another process") from None
-        return _run_locked(plan, resources, limit, started)
+    try:
+        with open(plan.study_dir / LOCK_FILE, "a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                new = False       # another process's study: not ours to remove
+                raise LogahError(f"study {plan.study_dir} is being run by another process") from None
+            snapshot, digest = connect_ray()
+            import ray
+
+            resources, limit = _trial_resources(plan, ray.cluster_resources())
+            return _run_locked(plan, resources, limit, started, snapshot, digest)
+    except BaseException:
+        if new and not (plan.study_dir / TRIALS_DIR).exists():   # no trial ever started
+            shutil.rmtree(plan.study_dir, ignore_errors=True)
+        raise
 
 
-def _run_locked(plan: StudyPlan, resources: dict, limit: int, started: float) -> pd.DataFrame:
+class _Segments:
+    """The runs of a study (a first run, then each ``--resume``) in ``study.json``: when each
+    ran, on which code, for how long. The current one's wall time is written as it goes (at
+    most every ``EVERY_S`` seconds), so a driver killed mid-run still leaves it counted; the
+    study's ``wall_s`` is their sum. A resume that runs no trial leaves no segment."""
+
+    EVERY_S = 30.0
+
+    def __init__(self, plan: StudyPlan, previous: dict, started: float, code: dict):
+        self.path, self.started = plan.study_dir / STUDY_FILE, started
+        self.earlier = list(previous.get("segments") or [])
+        if not self.earlier and previous.get("wall_s"):    # a study recorded before segments
+            self.earlier = [{"started_at": previous.get("started_at"),
+                             "finished_at": previous.get("finished_at"),
+                             "wall_s": previous["wall_s"]}]
+        self.previous_finish = previous.get("finished_at")
+        self.current = {"started_at": now(), "finished_at": None, "wall_s": 0.0,
+                        "commit": code["commit"], "dirty": code["dirty"], "digest": code["digest"]}
+        self.last_write = 0.0
+
+    @property
+    def id(self) -> str:
+        return self.current["started_at"]
+
+    def update(self, *, force: bool = False, finished: bool = False, ran: bool = True) -> None:
+        if not force and time.perf_counter() - self.last_write < self.EVERY_S:
+            return
+        self.last_write = time.perf_counter()
+        self.current["wall_s"] = time.perf_counter() - self.started
+        if finished:
+            self.current["finished_at"] = now()
+        segments = self.earlier + ([self.current] if ran else [])
+        record = read_json(self.path, "study record")
+        record.update(segments=segments, wall_s=sum(s.get("wall_s") or 0.0 for s in segments),
+                      finished_at=(self.current["finished_at"] if ran else self.previous_finish))
+        write_json(self.path, record)
+
+
+def _warn_if_code_changed(plan: StudyPlan, previous: dict, code: dict) -> None:
+    """A resume on other code than the study's last run: its trials would mix two versions."""
+    last = (previous.get("segments") or [{}])[-1]
+    before = last.get("digest") or (previous.get("provenance") or {}).get("code", {}).get("digest")
+    if before and before != code["digest"]:
+        def name(c: dict) -> str:
+            commit = (c.get("commit") or "unknown commit")[:10]
+            return f"{commit}{' (uncommitted changes)' if c.get('dirty') else ''}, code {c.get('digest')}"
+        print(f"{plan.study.name}: warning: {plan.study_dir.name} last ran {name(last)}; it now "
+              f"runs {name(code)}: its trials mix two versions of the code", file=sys.stderr)
+
+
+def _run_locked(plan: StudyPlan, resources: dict, limit: int, started: float,
+                snapshot: str, digest: str) -> pd.DataFrame:
     previous = read_json(plan.study_dir / STUDY_FILE, "study record") if plan.options.resume else {}
+    record = provenance(snapshot, digest)
+    if plan.options.resume:
+        _warn_if_code_changed(plan, previous, record["code"])
+    segments = _Segments(plan, previous, started, record["code"])
+    plan = dataclasses.replace(plan, segment=segments.id)
     searcher = None if plan.options.resume else _searcher(plan)
     write_json(plan.study_dir / STUDY_FILE, _study_record(
         plan, started_at=previous.get("started_at") or now(), finished_at=None,
-        wall_s=previous.get("wall_s"), concurrency=limit))
+        wall_s=previous.get("wall_s"), concurrency=limit,
+        provenance=previous.get("provenance") or record))
     trainable = tune.with_resources(tune.with_parameters(study_trial, plan=plan), resources)
+    tables = TableCallback(plan, segments)
     run_config = tune.RunConfig(name=TUNE_DIR, storage_path=str(plan.study_dir),
-                                failure_config=tune.FailureConfig(max_failures=0),
-                                callbacks=[TableCallback(plan)], verbose=1)
+                                failure_config=tune.FailureConfig(max_failures=MAX_TRIAL_RETRIES),
+                                callbacks=[tables], verbose=0)
     if plan.options.resume:
         tuner = tune.Tuner.restore(str(plan.study_dir / TUNE_DIR), trainable,
-                                   resume_unfinished=True, resume_errored=False)
+                                   resume_unfinished=True, resume_errored=True)
     else:
         tuner = tune.Tuner(trainable, run_config=run_config, tune_config=tune.TuneConfig(
             search_alg=searcher, scheduler=_scheduler(plan), num_samples=plan.num_samples,
@@ -391,9 +579,7 @@ def _run_locked(plan: StudyPlan, resources: dict, limit: int, started: float) ->
     tuner.fit()
     _fail_orphaned_optuna_trials(plan)
     table = write_tables(plan.study_dir)
-    elapsed = time.perf_counter() - started + (previous.get("wall_s") or 0.0)
-    record = read_json(plan.study_dir / STUDY_FILE, "study record")
-    write_json(plan.study_dir / STUDY_FILE, {**record, "finished_at": now(), "wall_s": elapsed})
+    segments.update(force=True, finished=True, ran=tables.active)
     return table
 
 

@@ -85,6 +85,7 @@ class StudyPlan:
     mode: str                        # "max" or "min"
     optuna_storage: str
     ghn_store: Path                  # trained GHNs, keyed by their training config
+    segment: str = ""                # which run of the study this is (when it started)
 
     @property
     def objectives(self) -> list[dict]:
@@ -94,10 +95,14 @@ class StudyPlan:
             columns.append({"column": "ghn_params", "metric": "ghn_params", "mode": "min"})
         return columns
 
+    def trial_record(self, sampled: dict[str, Any]) -> dict:
+        """The trial record of one sample (fixed settings first, then the sampled ones), not
+        yet validated: what a trial that fails on its own settings still shows."""
+        return apply_settings(apply_settings(self.base, self.fixed, {}), sampled, self.space)
+
     def trial_config(self, sampled: dict[str, Any]) -> TrialConfig:
-        """The trial config of one sample (fixed settings first, then the sampled ones)."""
-        record = apply_settings(self.base, self.fixed, {})
-        return TrialConfig.from_dict(apply_settings(record, sampled, self.space))
+        """The validated trial config of one sample."""
+        return TrialConfig.from_dict(self.trial_record(sampled))
 
 
 def _positive(name: str, value: int | None) -> None:
@@ -140,6 +145,8 @@ def plan_study(study: Study, options: StudyOptions) -> StudyPlan:
     if not name or "/" in name or os.sep in name or name in (".", "..") or name.startswith("."):
         raise LogahError(f"--name {name!r}: a study name is one folder name (no path separator)")
     _positive("--num-samples", options.num_samples)
+    if not isinstance(options.seed, int) or not 0 <= options.seed < 2**32:
+        raise LogahError(f"--seed must be a whole number from 0 to 2**32 - 1, got {options.seed}")
     _positive("--train-workers", options.train_workers)
     unknown = sorted(set(options.objectives) - set(OBJECTIVES))
     if unknown or not options.objectives or options.objectives[0] != "quality":
@@ -191,7 +198,31 @@ def plan_study(study: Study, options: StudyOptions) -> StudyPlan:
     for param_name, param in space.items():
         for value in param.corners():
             plan.trial_config({param_name: value})
+    if plan.ghn_store.exists() and not plan.ghn_store.is_dir():
+        raise LogahError(f"--ghn-store {plan.ghn_store} is a file, not a folder of GHNs")
     return plan
+
+
+def check_runnable_here(plan: StudyPlan) -> None:
+    """What would fail every trial of a study run on this machine (an embedded Ray), checked
+    once before Ray starts: the datasets can be read, and the largest target's fine-tuning fits
+    in memory. (On a cluster the nodes read data and hold models, not the driver.)"""
+    from logah.devices import check_memory
+    from logah.finetune import training_copies
+    from logah.targets import count_params
+    from logah.tasks import check_dataset
+
+    trials = [plan.trial_config({}), *(plan.trial_config({name: value})
+                                       for name, param in plan.space.items()
+                                       for value in param.corners())]
+    datasets = {t.finetune.data.dataset for t in trials}
+    datasets |= {t.ghn_training.data.dataset for t in trials if t.uses_ghn}
+    for name in sorted(datasets):
+        check_dataset(name)
+    largest = max(trials, key=lambda t: count_params(t.finetune.arch))
+    check_memory(count_params(largest.finetune.arch), "cpu",
+                 training_copies(largest.finetune.optimizer),
+                 f"fine-tuning the study's largest target ({largest.finetune.arch.family})")
 
 
 def ghn_params(trial: TrialConfig) -> float:
