@@ -41,9 +41,11 @@ demo: setup
 	  --name rank_sweep-demo-$$(date +%Y%m%d-%H%M%S)
 
 test: setup
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q -m "not slow"
 
 test-all: setup
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 
 bench: setup

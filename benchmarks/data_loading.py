@@ -69,7 +69,12 @@ if step_steps:
     from logah.tasks import LanguageModeling
     model = build_model(arch, "cpu")
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
-    forward = (lambda m, x: m(input_ids=x, use_cache=False).logits) if isinstance(task, LanguageModeling) else (lambda m, x: m(x))
+    if isinstance(task, LanguageModeling):
+        def forward(m, x):
+            return m(input_ids=x, use_cache=False).logits
+    else:
+        def forward(m, x):
+            return m(x)
     spent = []
     for _ in range(step_steps + 1):
         start = time.perf_counter()

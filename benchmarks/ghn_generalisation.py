@@ -29,7 +29,8 @@ def accuracies(ghn) -> list[str]:
                        image_size=32, patch_size=4, num_classes=10)
         task = make_task(arch, data)
         params, model = predict_params(ghn, arch), build_model(arch).eval()
-        accuracy = task.evaluate(lambda x: bound_forward(model, params, arch, x), "cpu")["accuracy"]
+        accuracy = task.evaluate(lambda x, m=model, p=params, a=arch: bound_forward(m, p, a, x),
+                                 "cpu")["accuracy"]
         cells.append(f"{100 * accuracy:.1f}%")
     return cells
 

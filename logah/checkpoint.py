@@ -3,9 +3,9 @@ for a GHN trained on text, ``tokenizer/`` (the vocabulary its embeddings and LM 
 
 The JSON holds the full ``GHNConfig`` plus free-form metadata (what it was trained on, for how
 long: ``logah.transfer`` reads it), so a checkpoint is self-describing: ``load_ghn(folder)``
-rebuilds the exact network with no other input. Weights are read with safetensors, never unpickled. A truncated file, a config
-that does not match the weights, or a folder that is not a checkpoint gives a ``LogahError``
-that says which.
+rebuilds the exact network with no other input. Weights are read with safetensors, never
+unpickled. A truncated file, a config that does not match the weights, or a folder that is
+not a checkpoint gives a ``LogahError`` that says which.
 """
 
 from __future__ import annotations

@@ -2,9 +2,10 @@
 
 A decoder maps the GHN's embedding of one graph node (width d) to that node's parameters in
 canonical (C_out, C_in, h, w) form (see ``logah.layout``), or for a task marked ``transposed``
-directly in the (C_in, C_out) layout the module stores, so no copy is needed afterwards. Both take a list of ``DecodeTask``s,
-group them by shape and compute the small factors of each group with batched tensor ops; each
-full-size tensor is then one matrix product into its own storage (so it can be saved as is).
+directly in the (C_in, C_out) layout the module stores, so no copy is needed afterwards.
+Both take a list of ``DecodeTask``s, group them by shape and compute the small factors of each
+group with batched tensor ops; each full-size tensor is then one matrix product into its own
+storage (so it can be saved as is).
 
 Low-rank (LoGAH, arXiv 2405.16287 §3.1, App. B), exactly the paper's factorisation:
 

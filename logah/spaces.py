@@ -123,7 +123,7 @@ class ArchSpace(abc.ABC):
     def extremes(self, depth: int, width: int) -> list[int]:
         """Parameter counts of every variant (e.g. patch size) at ``depth`` x ``width``."""
 
-    def validate_family(self) -> None:
+    def validate_family(self) -> None:  # noqa: B027 (a hook: nothing to check by default)
         """Checks of the family's own fields (called by ``validate``)."""
 
     # -- shared logic -------------------------------------------------------------------------

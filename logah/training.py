@@ -230,7 +230,8 @@ class GHNTrainer(Trainer):
                 params = ghn([graph])[0]
                 with self.autocast():
                     scores.append(self.task.evaluate(
-                        lambda x: bound_forward(model, params, arch, x), self.device))
+                        lambda x, model=model, params=params, arch=arch: bound_forward(model, params, arch, x),
+                        self.device))
         return {f"heldout_{k}": float(np.mean([s[k] for s in scores])) for k in scores[0]}
 
     # --- state -------------------------------------------------------------------------------

@@ -605,8 +605,13 @@ def test_the_header_shows_code_versions_machine_and_warns_of_runs_on_different_c
                                                    "segments": "x"}))
     html = write_report([folder], tmp_path / "p.html", overwrite=True).read_text()
     assert "<dt>Code</dt>" not in html and "<dt>Machine</dt>" not in html
-    html = write_report([study_dir], tmp_path / "plain.html").read_text()
+    older = {key: value for key, value in record.items() if key not in ("provenance", "segments")}
+    (folder / "study.json").write_text(json.dumps(older))
+    html = write_report([folder], tmp_path / "p.html", overwrite=True).read_text()
     assert "<dt>Code</dt>" not in html and "<dt>Versions</dt>" not in html
+    # the study the runner wrote records all of it
+    html = write_report([study_dir], tmp_path / "plain.html").read_text()
+    assert "<dt>Versions</dt>" in html and "<dt>Machine</dt>" in html
 
 
 @REPORT

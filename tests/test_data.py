@@ -154,7 +154,7 @@ def test_missing_fashion_mnist_names_the_package(offline_empty, monkeypatch):
 
 
 def test_image_registry_and_bad_arguments():
-    for name, info in IMAGE_DATASETS.items():
+    for info in IMAGE_DATASETS.values():
         assert info.num_classes in (10, 100) and info.channels in (1, 3) and info.install
         assert len(info.mean) == len(info.std) == info.channels
     assert not IMAGE_DATASETS["cifar10"].offline and IMAGE_DATASETS["fashion-mnist"].offline

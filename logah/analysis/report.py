@@ -123,7 +123,6 @@ def _header(study: Study) -> str:
     counts = trials["status"].value_counts()
     statuses = ", ".join(f"{n} {s.lower()}" for s, n in counts.items())
     datasets = sorted(trials["dataset"].dropna().astype(str).unique())
-    primary = study.primary
     facts = [
         ("Question", meta.get("question")),
         ("Script", f"studies/{meta['script']}.py, preset {meta.get('preset')}" if meta.get("script") else None),
@@ -206,7 +205,8 @@ def _code(code: dict) -> str | None:
 def _segment(index: int, segment: dict) -> str:
     what = "run" if index == 0 else "resumed"
     when = " to ".join(str(segment[k]) for k in ("started_at", "finished_at") if segment.get(k))
-    details = [d for d in (_duration(segment.get("wall_s")) if isinstance(segment.get("wall_s"), (int, float)) else None,
+    wall_s = segment.get("wall_s")
+    details = [d for d in (_duration(wall_s) if isinstance(wall_s, (int, float)) else None,
                            f"commit {_short_commit(segment['commit'])}" if segment.get("commit") else None,
                            "with uncommitted changes" if segment.get("dirty") is True else None) if d]
     return f"{what} {when or '(time not recorded)'}" + (f" ({', '.join(details)})" if details else "")

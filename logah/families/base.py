@@ -69,7 +69,7 @@ class TargetArch(abc.ABC):
     def num_params(self) -> int:
         """Parameters of the built model (tied tensors once), computed without building it."""
 
-    def check_relations(self) -> None:
+    def check_relations(self) -> None:  # noqa: B027 (a hook: nothing to check by default)
         """Family rules between fields (heads divide the width, ...); ``LogahError`` if broken."""
 
     def validate(self) -> None:
