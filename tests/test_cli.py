@@ -9,7 +9,7 @@ import pytest
 from logah.cli import main
 from logah.presets import PAPER_PARAMS
 
-# DESIGN.md §3.3: exact module counts of the paper's LoGAH (Table 1 rounds 2.54M to 2.5M).
+# docs/design.md §3.3: exact module counts of the paper's LoGAH (Table 1 rounds 2.54M to 2.5M).
 EXACT_LOGAH = {"logah-t": 2.54e6, "logah-s": 21.40e6, "logah-b": 78.22e6, "logah-l": 289.36e6}
 
 

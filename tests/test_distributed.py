@@ -12,6 +12,7 @@ import time
 import uuid
 from pathlib import Path
 
+import psutil
 import pytest
 
 from logah.checkpoint import load_ghn
@@ -117,14 +118,15 @@ def test_ray_train_failures_are_unwrapped_to_the_workers_exception():
 
 
 def _ray_train_worker_pids() -> list[int]:
-    """Ray names its worker processes after the actor class (``ray::RayTrainWorker...``)."""
+    """The Ray Train workers of the Ray this test process started (its raylet is our child):
+    Ray names a worker process after its actor class (``ray::RayTrainWorker...``). Other Rays
+    on the machine are never touched."""
     pids = []
-    for entry in os.listdir("/proc"):
+    for process in psutil.Process().children(recursive=True):
         try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                if b"RayTrainWorker" in f.read():
-                    pids.append(int(entry))
-        except (OSError, ValueError):
+            if any("RayTrainWorker" in part for part in process.cmdline()):
+                pids.append(process.pid)
+        except psutil.NoSuchProcess:
             continue
     return pids
 

@@ -13,6 +13,7 @@ from logah.archs import get_space, sample_archs
 from logah.checkpoint import resolve_ghn
 from logah.errors import LogahError
 from logah.families import FAMILIES, family_of, get_family
+from logah.study.scales import SCALES
 from logah.graph import graph_of
 from logah.predict import (bound_forward, load_predicted, predict_params, predict_to_folder,
                            save_prediction)
@@ -40,7 +41,8 @@ def test_every_family_is_complete(name):
         assert space.family == name
         for arch in sample_archs(space, n=5):
             assert family_of(arch) is family and arch.num_params() == count_params(arch)
-    for scale in ("smoke", "cpu", "paper"):
+    assert set(family.scales) == set(SCALES)
+    for scale in SCALES:
         recipe = family.scales[scale]
         assert recipe.ghn in GHN_PRESETS and recipe.space in family.spaces
         assert recipe.target in family.targets and recipe.tuning in FINETUNE_PRESETS

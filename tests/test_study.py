@@ -20,7 +20,7 @@ import pytest
 from logah.errors import LogahError
 from logah.study import Choice, FloatRange, IntRange, Variants
 from logah.study.cli import main
-from logah.study.scales import base_trial
+from logah.study.scales import SCALES, base_trial
 from logah.study.space import apply_settings, parse_param
 from logah.study.spec import StudyOptions, plan_study
 
@@ -84,7 +84,9 @@ def test_ghn_store_defaults_to_the_study_folder_and_can_be_shared(tmp_path):
 def test_every_preset_of_every_study_builds_valid_trials(script):
     """The paper preset is never run here: build (and validate) each of its trial configs."""
     study = load_study(script)
-    for preset, task in itertools.product(("smoke", "cpu", "paper"), study.tasks):
+    presets = sorted({key.split(":")[0] for key in study.space})
+    assert {"smoke", "cpu", "paper"} <= set(presets) <= set(SCALES)   # demo where a study has one
+    for preset, task in itertools.product(presets, study.tasks):
         plan = plan_study(study, StudyOptions(preset=preset, task=task, storage="/tmp/unused"))
         assert plan.num_samples >= 2 and plan.space
         values = [p.grid() if plan.search == "grid" else p.corners() for p in plan.space.values()]

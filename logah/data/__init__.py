@@ -1,4 +1,4 @@
-"""Datasets and tokenizers behind one registry (DESIGN.md §4): real data, offline first.
+"""Datasets and tokenizers behind one registry (docs/design.md §4): real data, offline first.
 
 Images (``IMAGE_DATASETS``): ``fashion-mnist`` (offline, Debian package), ``digits`` (offline,
 scikit-learn, for tests), ``cifar10-sample`` / ``cifar100-sample`` (offline, 20 real images from

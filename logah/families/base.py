@@ -7,7 +7,7 @@ A family (ViT, GPT-2, Llama) is a module of ``logah.families`` holding, for its 
   parameter count, and validation of every field's type and range;
 * its **spaces** (a subclass of ``logah.spaces.ArchSpace`` and named presets such as
   ``vits-1k``), **named targets** with notes, **target panels** (several shapes that a study
-  compares inits on), **fine-tuning presets** and **study scales** (smoke / cpu / paper);
+  compares inits on), **fine-tuning presets** and **study scales** (smoke / demo / cpu / paper);
 * the **real model** (torchvision / Hugging Face, built on ``meta`` for graphs), a dummy input,
   the forward pass that gives logits, and the forward with predicted parameters bound in;
 * the **graph rules**: which module owns which parameter, as what kind (``logah.layout``);
@@ -145,7 +145,7 @@ class TargetFamily(abc.ABC):
     target_notes: ClassVar[dict[str, str]]            # one line per named target
     panels: ClassVar[dict[str, tuple[str, ...]]]      # panel name -> target names
     finetune_presets: ClassVar[dict[str, dict]]       # optimisation settings by name
-    scales: ClassVar[dict[str, StudyScale]]           # smoke / cpu / paper
+    scales: ClassVar[dict[str, StudyScale]]           # smoke / demo / cpu / paper
     field_labels: ClassVar[dict[str, str]] = {}       # arch field -> words, for reports
 
     # -- records ------------------------------------------------------------------------------

@@ -177,6 +177,8 @@ def text_scales(*, ghn: str, space: str, target: str, tuning: str, paper_space: 
     return {
         "smoke": StudyScale(ghn=ghn, space=space, target=target, tuning=tuning,
                             data=text(8, 2), finetune_data=text(8, 4)),
+        "demo": StudyScale(ghn=ghn, space=space, target=target, tuning=tuning,
+                           data=text(8, 2), finetune_data=text(8, 16)),
         "cpu": StudyScale(ghn=ghn, space=space, target=target, tuning=tuning,
                           data=text(16, 10), finetune_data=text(16, 20)),
         "paper": StudyScale(ghn="logah-t", space=paper_space, target=paper_target,

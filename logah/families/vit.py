@@ -195,6 +195,11 @@ SCALES = {
                         tuning="vit-cpu",
                         data=dict(dataset="fashion-mnist", batch_size=32, eval_batches=2),
                         finetune_data=dict(dataset="fashion-mnist", batch_size=32, eval_batches=4)),
+    # the smoke data; fine-tuning judged on 16 validation batches so that the result is stable
+    "demo": StudyScale(ghn="logah-cpu-grid-mf", space="vits-cpu", target="vit-cpu-target",
+                       tuning="vit-cpu",
+                       data=dict(dataset="fashion-mnist", batch_size=32, eval_batches=2),
+                       finetune_data=dict(dataset="fashion-mnist", batch_size=32, eval_batches=16)),
     # fine-tuning is judged on more of the validation split than GHN training evaluates
     "cpu": StudyScale(ghn="logah-cpu-grid-mf", space="vits-cpu", target="vit-cpu-target",
                       tuning="vit-cpu",

@@ -1,6 +1,8 @@
 """The trial every sample of a study starts from, per task (a target family) and scale preset.
 
     smoke  minutes on 2 CPU cores, real offline data; proves the pipeline, means little
+    demo   under five minutes on 2 cores, enough GHN training (300 steps) that settings far
+           apart (rank 2 against 16) give fine-tuned results apart beyond the seed spread
     cpu    an honest CPU study (one to two hours on 2 cores): GHNs trained for 1200 steps
            (about 4 minutes for ViT, 7 for GPT-2, alone on 2 cores), targets deeper and wider
            than the training space, fine-tuned for 200 steps
@@ -9,7 +11,7 @@
 
 A task is a family of ``logah.families`` (``vit``, ``gpt2``, ``llama``), which says what its
 trial is made of at each scale (``TargetFamily.scales``: GHN preset, space, target, data,
-fine-tuning preset); the GHN-training and fine-tuning budgets of the smoke and cpu scales are
+fine-tuning preset); the GHN-training and fine-tuning budgets of the smoke, demo and cpu scales are
 shared by all families and set here. A study script changes these through its search space and
 its fixed settings, never by copying them, so every study of one scale trains comparable GHNs.
 """
@@ -27,7 +29,7 @@ from logah.training import TrainConfig
 from logah.trial import TrialConfig
 
 TASKS = tuple(FAMILIES)
-SCALES = ("smoke", "cpu", "paper")
+SCALES = ("smoke", "demo", "cpu", "paper")
 
 # GHN training steps at the cpu preset: the budget after which the LoGAH init fine-tunes best
 # (benchmarks/results/init_study.md, "GHN training budget"). For ViT, 600 / 1200 / 2400 steps give
@@ -38,6 +40,8 @@ _CPU_GHN_STEPS = 1200
 SHARED = {
     "smoke": (dict(steps=30, checkpoint_every=15, log_every=5, heldout_archs=2),
               dict(steps=20, eval_every=10)),
+    "demo": (dict(steps=300, checkpoint_every=100, log_every=20, heldout_archs=2),
+             dict(steps=60, eval_every=30)),
     "cpu": (dict(steps=_CPU_GHN_STEPS, lr=5e-4, checkpoint_every=200, log_every=20,
                  heldout_archs=4),
             dict(steps=200, eval_every=100)),

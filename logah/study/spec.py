@@ -168,7 +168,9 @@ def plan_study(study: Study, options: StudyOptions) -> StudyPlan:
     space = {**declared, **{name: _narrowed(declared.get(name), name, param)
                             for name, param in options.sweep.items()}}
     if not space:
-        raise LogahError(f"study {study.name} sweeps nothing at preset {options.preset}")
+        declared_presets = sorted({key.split(":")[0] for key in study.space})
+        raise LogahError(f"study {study.name} sweeps nothing at preset {options.preset}: it declares "
+                         f"{', '.join(declared_presets)} (or name settings with --sweep)")
     for param_name, param in space.items():
         param.check(param_name)
     fixed = {**study.fixed, **study.fixed_by_preset.get(options.preset, {}), **options.set}
