@@ -17,6 +17,7 @@ from logah.data import (IMAGE_DATASETS, TEXT_DATASETS, get_tokenizer, load_image
 from logah.data.loading import StepSampler, epoch_order
 from logah.data import images as images_mod
 from logah.data import text as text_mod
+from logah.data import token_blocks
 from logah.data import tokenization
 from logah.data.paths import package_dir
 from logah.errors import LogahError
@@ -239,7 +240,7 @@ def test_token_blocks():
     assert len(train) > 10 * len(val) > 0
     block = train[0]
     assert block.shape == (64,) and block.dtype == torch.long and int(block.max()) < len(tok)
-    tokens = text_mod.corpus_tokens("shakespeare", "train", tok)
+    tokens = token_blocks.corpus_tokens("shakespeare", "train", tok)
     assert torch.equal(torch.cat([train[0], train[1]]), torch.from_numpy(tokens[:128].astype(np.int64)))
     assert len(train) == len(tokens) // 64 and train.num_tokens == len(train) * 64
     first_work = text_mod.corpus_documents("shakespeare", "train")[0][1]

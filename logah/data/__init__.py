@@ -12,8 +12,8 @@ An unknown name, or an online-only dataset with no network, raises ``LogahError`
 
 from logah.data.images import IMAGE_DATASETS, ImageDataset, ImageDatasetInfo, load_image_dataset
 from logah.data.paths import cache_dir, data_root, offline
-from logah.data.text import (TEXT_DATASETS, TextDatasetInfo, TokenBlockDataset, corpus_documents,
-                             load_text_dataset)
+from logah.data.text import TEXT_DATASETS, TextDatasetInfo, corpus_documents
+from logah.data.token_blocks import TokenBlockDataset, load_text_dataset
 from logah.data.tokenization import TOKENIZERS, get_tokenizer
 
 __all__ = [

@@ -28,6 +28,7 @@ import os
 from pathlib import Path
 
 from logah.data.paths import cache_dir, package_dir
+from logah.data.text import corpus_texts
 from logah.errors import LogahError
 from logah.io import atomic_dir
 
@@ -134,8 +135,6 @@ def _folder_tokenizer(folder: str):
 
 @functools.lru_cache(maxsize=8)
 def _bpe_tokenizer(corpus: str, vocab_size: int, folder: Path):
-    from logah.data.text import corpus_texts
-
     target = folder / f"bpe-{corpus}-{vocab_size}"
     if not (target / "vocab.json").exists():
         texts = corpus_texts(corpus, "train")  # never the validation works: no leak into val loss
