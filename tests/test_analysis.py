@@ -75,6 +75,11 @@ def test_a_failed_trial_shows_with_its_status_and_error(study):
     assert len(failed) >= 1   # the smoke study makes some trials fail (conftest)
     assert failed["error"].str.len().gt(0).all()
     assert failed["best"].isna().all()
+    # its real settings, as the complete trials have them: never "nan nanx64" or a missing rank
+    done = study.completed
+    assert set(failed["target"]) == set(done["target"]) and "nan" not in " ".join(failed["target"])
+    assert set(failed["init_label"]) <= set(done["init_label"]) and failed["init_label"].notna().all()
+    assert set(failed["ghn_training.ghn.rank"]) == {2, 8}
 
 
 @REPORT

@@ -344,13 +344,15 @@ def test_resume_runs_failed_trials_again_and_counts_both_runs(tmp_path, capsys):
     neither, and one on other code says so."""
     storage, name = tmp_path / "studies", "f"
     study = load_study("rank_sweep")
-    plan = plan_study(study, StudyOptions(preset="smoke", storage=str(storage), name=name))
+    store = tmp_path / "ghns"      # outside the study folder, which must not exist yet
+    plan = plan_study(study, StudyOptions(preset="smoke", storage=str(storage), name=name,
+                                          ghn_store=str(store)))
     from logah.ghn_store import config_key
 
     blocked = plan.ghn_store / config_key(plan.trial_config({"ghn_training.ghn.rank": 2}).ghn_training)
     blocked.parent.mkdir(parents=True)
     blocked.write_text("not a GHN folder")
-    args = ["--preset", "smoke", "--storage", str(storage), "--name", name]
+    args = ["--preset", "smoke", "--storage", str(storage), "--name", name, "--ghn-store", str(store)]
     first = run_script("rank_sweep", *args)
     assert first.returncode == 3, first.stdout[-2000:] + first.stderr[-2000:]
     trials, _, info = read_study(storage / name)

@@ -572,6 +572,10 @@ def _run_locked(plan: StudyPlan, resources: dict, limit: int, started: float,
     if plan.options.resume:
         tuner = tune.Tuner.restore(str(plan.study_dir / TUNE_DIR), trainable,
                                    resume_unfinished=True, resume_errored=True)
+        # Tune restores the RunConfig it pickled, callbacks included: the earlier run's
+        # TableCallback, which would record this run as that one's segment. Ray 2.60 has no
+        # public way to pass new callbacks to a restored Tuner, hence the private attribute.
+        tuner._local_tuner.get_run_config().callbacks = [tables]
     else:
         tuner = tune.Tuner(trainable, run_config=run_config, tune_config=tune.TuneConfig(
             search_alg=searcher, scheduler=_scheduler(plan), num_samples=plan.num_samples,
