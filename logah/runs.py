@@ -37,7 +37,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from logah.errors import LogahError
-from logah.io import atomic_dir, atomic_write_text, dumps, output_errors, read_json, write_json
+from logah.io import (Fields, atomic_dir, atomic_write_text, dumps, output_errors, read_json, reading,
+                      write_json)
 
 CHECKPOINT_DIR = "checkpoint"     # the latest checkpoint; its presence marks a resumable run
 METRICS_FILE = "metrics.jsonl"
@@ -181,11 +182,13 @@ def read_metrics(path: str | Path) -> list[dict]:
     records = []
     for number, line in enumerate(lines, 1):
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError as err:
             if number == len(lines):
                 break
             raise LogahError(f"metrics {path}, line {number}: not JSON ({err})") from None
+        Fields(record, f"metrics {path}, line {number}").get("step", int)   # records are ordered by it
+        records.append(record)
     return records
 
 
@@ -207,7 +210,9 @@ def read_run_state(folder: Path, state_file: str, config, config_file: str,
     import torch
 
     saved = read_json(folder / config_file, "run config")
-    if type(config).from_dict(saved) != config:
+    with reading(folder / config_file):
+        saved = type(config).from_dict(saved)
+    if saved != config:
         raise LogahError(f"cannot resume from {folder}: it was run with another config")
     try:
         state = torch.load(folder / state_file, map_location=device, weights_only=True)
@@ -253,7 +258,8 @@ class LocalReporter:
             self.record(metrics, None)
         else:
             with scratch_folder(self.out) as folder:
-                write(folder)
+                with output_errors(self.out):   # a full disk while checkpointing: one line
+                    write(folder)
                 self.record(metrics, folder)
         if self.on_metrics is not None:   # after the export, so a caller may stop the run here
             self.on_metrics(metrics)

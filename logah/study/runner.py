@@ -45,7 +45,8 @@ from ray.tune.search.optuna import OptunaSearch
 from logah.errors import LogahError
 from logah.finetune import summarize
 from logah.ghn_store import config_key
-from logah.io import dumps, read_json, write_json
+from logah.analysis.tables import read_study_record
+from logah.io import dumps, write_json
 from logah.provenance import code_digest, package_dir, provenance
 from logah.settings import flatten
 from logah.study.spec import StudyPlan, check_runnable_here, ghn_params
@@ -392,7 +393,7 @@ def _check_folder(plan: StudyPlan) -> None:
         if not tune.Tuner.can_restore(str(tune_dir)):
             raise LogahError(f"cannot resume: {plan.study_dir} holds no study run "
                              f"(run it without --resume first)")
-        saved = read_json(plan.study_dir / STUDY_FILE, "study record")
+        saved = read_study_record(plan.study_dir / STUDY_FILE)
         if saved.get("folder") and Path(saved["folder"]) != plan.study_dir:
             raise LogahError(f"cannot resume {plan.study_dir}: the study ran in {saved['folder']} "
                              f"and was moved (its Tune and Optuna state name that folder); "
@@ -533,7 +534,7 @@ class _Segments:
         if finished:
             self.current["finished_at"] = now()
         segments = self.earlier + ([self.current] if ran else [])
-        record = read_json(self.path, "study record")
+        record = read_study_record(self.path)
         record.update(segments=segments, wall_s=sum(s.get("wall_s") or 0.0 for s in segments),
                       finished_at=(self.current["finished_at"] if ran else self.previous_finish))
         write_json(self.path, record)
@@ -553,7 +554,7 @@ def _warn_if_code_changed(plan: StudyPlan, previous: dict, code: dict) -> None:
 
 def _run_locked(plan: StudyPlan, resources: dict, limit: int, started: float,
                 snapshot: str, digest: str) -> pd.DataFrame:
-    previous = read_json(plan.study_dir / STUDY_FILE, "study record") if plan.options.resume else {}
+    previous = read_study_record(plan.study_dir / STUDY_FILE) if plan.options.resume else {}
     record = provenance(snapshot, digest)
     if plan.options.resume:
         _warn_if_code_changed(plan, previous, record["code"])
