@@ -48,7 +48,7 @@ def write_ghn_files(ghn: GHN, folder: Path, metadata: dict | None = None,
 def save_ghn(ghn: GHN, path: str | Path, metadata: dict | None = None, *,
              overwrite: bool = False) -> Path:
     """Save a GHN checkpoint folder atomically."""
-    with atomic_dir(path, overwrite=overwrite) as tmp:
+    with atomic_dir(path, overwrite=overwrite, marker=CONFIG_FILE) as tmp:
         write_ghn_files(ghn, tmp, metadata)
     return Path(path)
 
@@ -103,6 +103,9 @@ def load_ghn(path: str | Path, device: str | torch.device = "cpu") -> GHN:
                  and found[k] != expected[k]][:3]
         raise LogahError(f"GHN checkpoint {path}: weights do not match its config "
                          f"(missing {missing}, unexpected {extra}, wrong shapes {wrong})")
+    from logah.predict import check_finite
+
+    check_finite(state, f"GHN checkpoint {path}")   # NaN weights would predict NaN targets
     ghn.load_state_dict(state, assign=True)
     return ghn.eval()
 

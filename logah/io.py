@@ -26,6 +26,7 @@ read (``metadata`` an object, ``num_outputs`` an integer, ...), so a hand-edited
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import errno
@@ -80,10 +81,18 @@ def output_errors(path: str | Path) -> Iterator[None]:
         raise LogahError(f"cannot write {path}: {reason}") from None
 
 
-def check_replaceable(path: str | Path, kind: str, overwrite: bool) -> None:
+def output_path(text: str) -> str:
+    """The ``type`` of every output option (``--out``, ``--storage``, ...): an empty path names
+    no output (the operating system would read it as the current folder)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path names no output; give a file or folder")
+    return text
+
+
+def check_replaceable(path: str | Path, kind: str, overwrite: bool, *, marker: str | None = None) -> None:
     """The overwrite rule of every command that writes: ``path`` (a ``"file"`` or a ``"folder"``
-    output) may exist only with ``overwrite``, and then only as the same kind. An empty folder
-    counts as absent."""
+    output) may exist only with ``overwrite``, and then only as the same kind (and, for a folder,
+    as ``check_may_replace`` allows). An empty folder counts as absent."""
     path = Path(path)
     if not (path.exists() or path.is_symlink()):
         return
@@ -91,8 +100,26 @@ def check_replaceable(path: str | Path, kind: str, overwrite: bool) -> None:
     if is_dir != (kind == "folder"):
         raise LogahError(f"output {path} exists and is {'a folder' if is_dir else 'not a folder'}; "
                          f"this command writes a {kind} there")
-    if not overwrite and not (is_dir and not any(path.iterdir())):
+    if is_dir and not any(path.iterdir()):
+        return
+    if not overwrite:
         raise LogahError(f"output {path} already exists (use --overwrite to replace it)")
+    if is_dir:
+        check_may_replace(path, marker)
+
+
+def check_may_replace(path: Path, marker: str | None) -> None:
+    """``--overwrite`` removes everything in the folder ``path``: never the current folder or a
+    folder holding it (``--out . --overwrite`` would empty the user's working folder), and, with
+    ``marker`` (a file this command always writes), only a folder holding that file: one that
+    does not is not an earlier output of this command."""
+    here, target = Path.cwd().resolve(), path.resolve()
+    if target == here or target in here.parents:
+        raise LogahError(f"--overwrite would remove {path}, which holds the current folder; "
+                         f"give the output a folder of its own")
+    if marker is not None and any(path.iterdir()) and not (path / marker).exists():
+        raise LogahError(f"--overwrite would remove {path}, which does not look like this "
+                         f"command's output (no {marker}); remove it yourself or choose another output")
 
 
 def _set_modes(root: Path) -> None:
@@ -110,17 +137,20 @@ def _already_exists(path: Path) -> LogahError:
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | Path, *, overwrite: bool = False, cache: bool = False) -> Iterator[Path]:
+def atomic_dir(path: str | Path, *, overwrite: bool = False, cache: bool = False,
+               marker: str | None = None) -> Iterator[Path]:
     """Yield a temporary folder that becomes ``path`` when the block succeeds.
 
     Without ``overwrite`` an existing non-empty ``path`` is an error, before and at the final
     rename. With ``overwrite`` an existing folder is replaced (the old one is removed only after
     the new one is complete). With ``cache`` (cache entries that any process may build), losing
     a race to another process that created ``path`` meanwhile is fine: theirs is kept.
+    ``marker`` is a file the block always writes: a folder without it is not replaced
+    (``check_may_replace``).
     """
     path = Path(path)
     if not cache:
-        check_replaceable(path, "folder", overwrite)
+        check_replaceable(path, "folder", overwrite, marker=marker)
     with output_errors(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))

@@ -85,7 +85,7 @@ def save_prediction(arch: Arch, params: dict[str, torch.Tensor], out: str | Path
     torch_dtype(dtype)
     state = {name: t.detach() for name, t in params.items()}
     check_finite(state, f"saving {out}")
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    with atomic_dir(out, overwrite=overwrite, marker=ARCH_FILE) as tmp:
         _write_meta(arch, tmp, dtype)
         write_state(tmp, state, dtype=dtype)
     return Path(out)
@@ -115,7 +115,7 @@ def predict_to_folder(ghn: GHN, arch: Arch, out: str | Path, *, overwrite: bool 
         raise LogahError(f"cannot write {out}: {num_params * itemsize / GIB:.1f} GiB of weights "
                          f"({dtype}) but {parent} has {free / GIB:.1f} GiB free")
     order, values = ghn.stream(graph)
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    with atomic_dir(out, overwrite=overwrite, marker=ARCH_FILE) as tmp:
         _write_meta(arch, tmp, dtype)
         writer = ShardWriter(tmp, [Entry(s.name, s.shape) for s in order], dtype=dtype,
                              max_shard_bytes=max_shard_bytes)

@@ -37,8 +37,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from logah.errors import LogahError
-from logah.io import (Fields, atomic_dir, atomic_write_text, dumps, output_errors, read_json, reading,
-                      write_json)
+from logah.io import (Fields, atomic_dir, atomic_write_text, check_may_replace, dumps, output_errors, read_json,
+                      reading, write_json)
 
 CHECKPOINT_DIR = "checkpoint"     # the latest checkpoint; its presence marks a resumable run
 METRICS_FILE = "metrics.jsonl"
@@ -125,6 +125,8 @@ def run_folder(out: str | Path, *, config_file: str, resume: bool = False,
         raise LogahError("--resume continues a run and --overwrite replaces it: give one")
     check_output_dir(out)
     existed = out.exists()
+    if overwrite and existed:
+        check_may_replace(out, config_file)
     if resume and not existed:
         raise LogahError(f"cannot resume: {out} does not exist")
     with output_errors(out):
