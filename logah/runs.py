@@ -29,6 +29,7 @@ import contextlib
 import fcntl
 import json
 import os
+import pickle
 import re
 import shutil
 import tempfile
@@ -220,6 +221,9 @@ def read_run_state(folder: Path, state_file: str, config, config_file: str,
         state = torch.load(folder / state_file, map_location=device, weights_only=True)
     except FileNotFoundError:
         raise LogahError(f"cannot resume: {folder / state_file} not found") from None
+    except pickle.UnpicklingError:   # torch's text would suggest weights_only=False: never here
+        raise LogahError(f"cannot resume from {folder}: {state_file} holds objects other than "
+                         f"tensors and numbers; it was refused unread (loading it could run code)") from None
     except Exception as err:   # torch raises several types for corrupt or foreign pickles
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise LogahError(f"cannot resume from {folder}: {state_file} is not a run state "

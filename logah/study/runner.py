@@ -287,10 +287,7 @@ def _searcher(plan: StudyPlan):
     metrics = [o["column"] for o in plan.objectives]
     modes = [o["mode"] for o in plan.objectives]
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        storage = optuna.storages.RDBStorage(plan.optuna_storage)
-    except Exception as err:   # SQLAlchemy raises many types for a bad URL or an unreachable DB
-        raise LogahError(f"--optuna-storage {plan.optuna_storage}: {err}") from None
+    storage = _optuna_storage(plan)
     searcher = TaggedOptunaSearch(space=_DefineByRun(plan.space),
                                   metric=metrics if len(metrics) > 1 else metrics[0],
                                   mode=modes if len(modes) > 1 else modes[0], sampler=sampler,
@@ -306,6 +303,13 @@ def _searcher(plan: StudyPlan):
                        ("objective", f"best {plan.metric} over fine-tuning ({plan.mode})")):
         study.set_user_attr(key, value)
     return searcher
+
+
+def _optuna_storage(plan: StudyPlan):
+    try:
+        return optuna.storages.RDBStorage(plan.optuna_storage)
+    except Exception as err:   # SQLAlchemy raises many types for a bad URL or an unreachable DB
+        raise LogahError(f"--optuna-storage {plan.optuna_storage}: {err}") from None
 
 
 def _scheduler(plan: StudyPlan):
@@ -482,14 +486,18 @@ def run_study(plan: StudyPlan) -> pd.DataFrame:
     # are off
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
-    new = not plan.study_dir.exists()
+    if plan.options.optuna_storage:     # a database of the user's: reachable before Ray starts
+        _optuna_storage(plan)
+    # the outermost folder this set-up creates (the study's, or --storage itself): removed
+    # again if the study fails before any trial started
+    created = next((p for p in reversed((plan.study_dir, *plan.study_dir.parents)) if not p.exists()), None)
     _create_folder(plan)
     try:
         with open(plan.study_dir / LOCK_FILE, "a") as lock:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                new = False       # another process's study: not ours to remove
+                created = None    # another process's study: not ours to remove
                 raise LogahError(f"study {plan.study_dir} is being run by another process") from None
             snapshot, digest = connect_ray()
             import ray
@@ -497,8 +505,8 @@ def run_study(plan: StudyPlan) -> pd.DataFrame:
             resources, limit = _trial_resources(plan, ray.cluster_resources())
             return _run_locked(plan, resources, limit, started, snapshot, digest)
     except BaseException:
-        if new and not (plan.study_dir / TRIALS_DIR).exists():   # no trial ever started
-            shutil.rmtree(plan.study_dir, ignore_errors=True)
+        if created is not None and not (plan.study_dir / TRIALS_DIR).exists():   # no trial started
+            shutil.rmtree(created, ignore_errors=True)
         raise
 
 
