@@ -152,8 +152,7 @@ def build_graph(model: nn.Module, arch: Arch, edge_cutoff: int = DEFAULT_EDGE_CU
 
 def graph_of(arch: Arch, edge_cutoff: int = DEFAULT_EDGE_CUTOFF) -> Graph:
     """Build the target on ``meta`` and trace it: the graph of an architecture record."""
-    if arch.depth > DEEP:
-        check_graph_size(arch, edge_cutoff)
+    check_graph_size(arch, edge_cutoff)
     return build_graph(build_model(arch, "meta"), arch, edge_cutoff)
 
 
@@ -172,9 +171,11 @@ def estimated_nodes(arch: Arch, edge_cutoff: int = DEFAULT_EDGE_CUTOFF) -> int:
 def check_graph_size(arch: Arch, edge_cutoff: int = DEFAULT_EDGE_CUTOFF) -> None:
     """Refuse a target whose graph (its N x N distances) cannot fit in memory before tracing it:
     tracing and the distances grow with depth, and a graph too large would run for hours
-    before failing."""
+    before failing. Targets no deeper than ``DEEP`` are not checked (no estimate needed)."""
     from logah.devices import GIB, available_bytes
 
+    if arch.depth <= DEEP:
+        return
     nodes = estimated_nodes(arch, edge_cutoff)
     needed, have = nodes ** 2 * PAIR_BYTES, available_bytes(torch.device("cpu"))
     if needed > have:
