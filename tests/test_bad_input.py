@@ -123,8 +123,8 @@ CASES = {
                                        r"data config: tokenizer must be a string, got 5"),
     "report objectives a string": (["report", "{study_objectives_str}"],
                                    r"study.json: objectives must be a list, got \"best\" \(a string\)"),
-    "report segment wall_s a string": (["report", "{study_segment_str}"],
-                                       r"study.json: segments\[0\].wall_s must be a number"),
+    "report swept a string": (["report", "{study_swept_str}"],
+                              r"study.json: swept must be a list, got \"rank\" \(a string\)"),
     # 12. outputs named by a path that cannot be meant, or that --overwrite must not empty
     "predict --out ''": (["predict", "--ghn", "logah-test", "--target", "{tiny}", "--out", ""],
                          r"argument --out: an empty path names no output"),
@@ -171,7 +171,7 @@ GHN_EDITS = {"ghn_metadata_str": (("metadata",), "oops"),
              "ghn_config_list": (("config",), [])}
 # study folders whose study.json has one field of the wrong type
 STUDY_EDITS = {"study_objectives_str": {"objectives": "best"},
-               "study_segment_str": {"segments": [{"wall_s": "long"}]}}
+               "study_swept_str": {"swept": "rank"}}
 STUDY_RECORD = {"name": "s", "objectives": [{"column": "best", "metric": "val_accuracy", "mode": "max"}],
                 "swept": ["ghn_training.ghn.rank"], "question": "?"}
 

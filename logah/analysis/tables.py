@@ -44,13 +44,15 @@ GHN_PREFIX = "ghn_training.ghn."
 GHNS_DIR = "ghns"              # a study's own GHN store (``logah.study.tables.GHNS_DIR``)
 GHN_STORE_RECORD = "store.json"   # written by ``logah.ghn_store`` when a GHN is trained
 
-# the fields of study.json (``logah.study.runner`` writes it) that are read, and their JSON types
+# the fields of study.json (``logah.study.runner`` writes it) that are read, and their JSON types;
+# its history (``provenance``, ``segments``) only informs a report's header, which shows what is
+# well formed of it, and is checked where a resume relies on it (``check_history``)
 STUDY_RECORD = {"name": str, "folder": str, "script": str, "question": str, "preset": str,
                 "task": str, "objectives": list, "swept": list, "fixed": dict, "target": dict,
                 "dataset": str, "num_samples": int, "search": str, "scheduler": str,
                 "train_workers": int, "optuna_storage": str, "optuna_study_name": str,
                 "ghn_store": str, "trial": dict, "started_at": str, "finished_at": str,
-                "wall_s": float, "concurrency": int, "provenance": dict, "segments": list}
+                "wall_s": float, "concurrency": int}
 
 
 def read_study_record(path: Path) -> dict:
@@ -58,9 +60,17 @@ def read_study_record(path: Path) -> dict:
     record = Fields(read_json(path, "study record"), path).check(STUDY_RECORD)
     for number, objective in enumerate(record.get("objectives") or []):
         Fields(objective, path, f"objectives[{number}].").check({"column": str, "mode": str, "metric": str})
-    for number, segment in enumerate(record.get("segments") or []):
-        Fields(segment, path, f"segments[{number}].").check({"wall_s": float, "digest": str, "commit": str})
     return record
+
+
+def check_history(record: dict, path: Path) -> None:
+    """The runs recorded in ``study.json`` at ``path`` (``segments``, ``provenance``), which a
+    resume continues: each field of the type it is read as."""
+    fields = Fields(record, path)
+    for number, segment in enumerate(fields.get("segments", list, [])):
+        Fields(segment, path, f"segments[{number}].").check({"wall_s": float, "digest": str, "commit": str,
+                                                             "started_at": str, "finished_at": str})
+    fields.object("provenance").object("code").get("digest", str)
 
 
 @dataclass(frozen=True)

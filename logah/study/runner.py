@@ -45,7 +45,7 @@ from ray.tune.search.optuna import OptunaSearch
 from logah.errors import LogahError
 from logah.finetune import summarize
 from logah.ghn_store import config_key
-from logah.analysis.tables import read_study_record
+from logah.analysis.tables import check_history, read_study_record
 from logah.io import dumps, write_json
 from logah.provenance import code_digest, package_dir, provenance
 from logah.settings import flatten
@@ -398,6 +398,7 @@ def _check_folder(plan: StudyPlan) -> None:
             raise LogahError(f"cannot resume: {plan.study_dir} holds no study run "
                              f"(run it without --resume first)")
         saved = read_study_record(plan.study_dir / STUDY_FILE)
+        check_history(saved, plan.study_dir / STUDY_FILE)     # what the resumed run continues
         if saved.get("folder") and Path(saved["folder"]) != plan.study_dir:
             raise LogahError(f"cannot resume {plan.study_dir}: the study ran in {saved['folder']} "
                              f"and was moved (its Tune and Optuna state name that folder); "
