@@ -123,6 +123,12 @@ CASES = {
                                        r"data config: tokenizer must be a string, got 5"),
     "report objectives a string": (["report", "{study_objectives_str}"],
                                    r"study.json: objectives must be a list, got \"best\" \(a string\)"),
+    "tokenizer vocab id a string": (["finetune", "--target", "{gpt_target}", "--tokenizer", "{tok_vocab_str}",
+                                     "--batch-size", "2", "--block-size", "16"],
+                                    r"vocab.json: token a must be an integer, got \"1\" \(a string\)"),
+    "tokenizer merge of three": (["finetune", "--target", "{gpt_target}", "--tokenizer", "{tok_merge_3}",
+                                  "--batch-size", "2", "--block-size", "16"],
+                                 r"merges.txt: merge 1 must be two tokens separated by a space, got 'a b c'"),
     "report swept a string": (["report", "{study_swept_str}"],
                               r"study.json: swept must be a list, got \"rank\" \(a string\)"),
     # 12. outputs named by a path that cannot be meant, or that --overwrite must not empty
@@ -264,6 +270,12 @@ def _set_up(tmp_path: Path, args: list[str]) -> tuple[list[str], Path]:
                 path = inputs / key
                 path.mkdir()
                 (path / "study.json").write_text(json.dumps({**STUDY_RECORD, **STUDY_EDITS[key]}))
+            elif key in ("tok_vocab_str", "tok_merge_3"):
+                path = inputs / key
+                path.mkdir()
+                vocab = {"a": "1", "b": 2} if key == "tok_vocab_str" else {"a": 0, "b": 1, "ab": 2}
+                (path / "vocab.json").write_text(json.dumps(vocab))
+                (path / "merges.txt").write_text("#version: 0.2\n" + ("a b\n" if key == "tok_vocab_str" else "a b c\n"))
             elif key == "failed_study":
                 path = failed_study(inputs / key)
             elif key == "vit_arch_str":
