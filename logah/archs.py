@@ -29,7 +29,7 @@ import numpy as np
 
 from logah.errors import LogahError
 from logah.families import family_of, family_of_record, named_spaces
-from logah.io import atomic_file
+from logah.io import atomic_file, reading
 from logah.spaces import ArchSpace
 from logah.targets import Arch, arch_from_dict, arch_to_dict
 
@@ -200,7 +200,8 @@ def load_archs(path: str | Path) -> list[Arch]:
             records = [records]
         if not isinstance(records, list):
             raise LogahError(f"architecture file {path}: expected a JSON list of records")
-    return [arch_from_dict(r) for r in records]
+    with reading(path):
+        return [arch_from_dict(r) for r in records]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from logah.devices import resolve_device
 from logah.errors import LogahError
 from logah.ghn import GHN, GHNConfig, build_ghn
-from logah.io import atomic_dir, read_json, write_json
+from logah.io import Fields, atomic_dir, read_json, reading, write_json
 from logah.presets import GHN_PRESETS, get_preset
 
 WEIGHTS_FILE = "ghn.safetensors"
@@ -48,7 +48,7 @@ def write_ghn_files(ghn: GHN, folder: Path, metadata: dict | None = None,
 def save_ghn(ghn: GHN, path: str | Path, metadata: dict | None = None, *,
              overwrite: bool = False) -> Path:
     """Save a GHN checkpoint folder atomically."""
-    with atomic_dir(path, overwrite=overwrite) as tmp:
+    with atomic_dir(path, overwrite=overwrite, marker=CONFIG_FILE) as tmp:
         write_ghn_files(ghn, tmp, metadata)
     return Path(path)
 
@@ -57,18 +57,29 @@ def is_checkpoint(path: str | Path) -> bool:
     return (Path(path) / CONFIG_FILE).is_file()
 
 
-def read_metadata(path: str | Path) -> dict:
-    return read_json(Path(path) / CONFIG_FILE, "GHN checkpoint config").get("metadata", {})
+def _read_record(path: str | Path) -> Fields:
+    """``ghn.json`` of a checkpoint folder, its fields checked: a LoGAH format, a ``config``
+    object and a ``metadata`` object."""
+    file = Path(path) / CONFIG_FILE
+    record = Fields(read_json(file, "GHN checkpoint config"), file)
+    if record.get("format", str) != FORMAT:
+        raise LogahError(f"{file}: not a LoGAH GHN checkpoint "
+                         f"(format {record.record.get('format')!r}, expected {FORMAT!r})")
+    record.object("config")
+    record.object("metadata")
+    return record
+
+
+def read_metadata(path: str | Path) -> Fields:
+    """The free-form ``metadata`` of a checkpoint (what it was trained on), as typed fields."""
+    return _read_record(path).object("metadata")
 
 
 def read_config(path: str | Path) -> GHNConfig:
     """The ``GHNConfig`` of a checkpoint folder (its weights unread)."""
-    path = Path(path)
-    record = read_json(path / CONFIG_FILE, "GHN checkpoint config")
-    if record.get("format") != FORMAT:
-        raise LogahError(f"{path / CONFIG_FILE}: not a LoGAH GHN checkpoint "
-                         f"(format {record.get('format')!r}, expected {FORMAT!r})")
-    return GHNConfig.from_dict(record.get("config", {}))
+    record = _read_record(path)
+    with reading(record.where):
+        return GHNConfig.from_dict(record.get("config", dict, {}))
 
 
 def load_ghn(path: str | Path, device: str | torch.device = "cpu") -> GHN:
@@ -92,6 +103,9 @@ def load_ghn(path: str | Path, device: str | torch.device = "cpu") -> GHN:
                  and found[k] != expected[k]][:3]
         raise LogahError(f"GHN checkpoint {path}: weights do not match its config "
                          f"(missing {missing}, unexpected {extra}, wrong shapes {wrong})")
+    from logah.predict import check_finite
+
+    check_finite(state, f"GHN checkpoint {path}")   # NaN weights would predict NaN targets
     ghn.load_state_dict(state, assign=True)
     return ghn.eval()
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from logah.cli_settings import Alias, add_setting_options, settings_from_args
 from logah.errors import LogahError
+from logah.io import output_path
 
 
 def _cmd_ghn_info(args: argparse.Namespace) -> None:
@@ -227,7 +229,18 @@ def _cmd_train_ghn(args: argparse.Namespace) -> None:
     if final:
         shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in final[-1].items()}
         print("final:", json.dumps(shown))
+        _check_finite_result(final[-1], [k for k in final[-1] if k.startswith("heldout_")], args.out)
     print(f"output: {Path(args.out).resolve()}")
+
+
+def _check_finite_result(result: dict, keys: list[str], out: str | None) -> None:
+    """A run whose result is NaN (or infinite, or missing: written as null) did not work, and
+    its exit status says so: exit 0 would let a script or a study take it for a result."""
+    bad = [k for k in keys if not (isinstance(result.get(k), (int, float)) and math.isfinite(result[k]))]
+    if bad:
+        where = f" (its output is in {out})" if out else ""
+        raise LogahError(f"the run's result is not a number: {', '.join(f'{k} {result.get(k)}' for k in bad)}; "
+                         f"the model diverged or is broken (lower the learning rate){where}")
 
 
 def _cmd_finetune(args: argparse.Namespace) -> None:
@@ -248,6 +261,7 @@ def _cmd_finetune(args: argparse.Namespace) -> None:
                            device="cuda" if args.gpu else "cpu")
     print("summary:", json.dumps({k: round(v, 4) if isinstance(v, float) else v
                                   for k, v in summary.items()}))
+    _check_finite_result(summary, [k for k in summary if k.startswith(("final_", "test_"))], args.out)
     print(f"output: {Path(args.out).resolve()}")
 
 
@@ -265,6 +279,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
                             keep_classifier=config.keep_classifier, init_noise=config.init_noise)
     print(json.dumps({"target": args.target, "init": config.init, "ghn": config.ghn,
                       "dataset": config.data.dataset, **metrics}))
+    _check_finite_result(metrics, list(metrics), None)
 
 
 def _prepare_ray(args: argparse.Namespace) -> None:
@@ -297,13 +312,13 @@ def _ray_options(args: argparse.Namespace) -> dict:
 def _cmd_demo(args: argparse.Namespace) -> None:
     from logah.checkpoint import resolve_ghn
     from logah.io import check_replaceable
-    from logah.predict import predict_to_folder
+    from logah.predict import ARCH_FILE, predict_to_folder
     from logah.targets import resolve_target
 
     out = Path(args.out)
     names = ("vit-s", "gpt2-s")
     for name in names:    # before predicting either, so a refusal leaves nothing half done
-        check_replaceable(out / name, "folder", args.overwrite)
+        check_replaceable(out / name, "folder", args.overwrite, marker=ARCH_FILE)
     ghn = resolve_ghn("logah-t")
     for name in names:
         start = time.perf_counter()
@@ -324,12 +339,12 @@ def _add_run_options(p: argparse.ArgumentParser, verb: str, out_help: str) -> No
     p.add_argument("--workers", type=int, default=0,
                    help=f"Ray Train workers (0: {verb} in this process without Ray)")
     p.add_argument("--address", help="Ray cluster address (default: a private local Ray)")
-    p.add_argument("--storage", help="Ray Train storage, a path or URI every node reaches "
+    p.add_argument("--storage", type=output_path, help="Ray Train storage, a path or URI every node reaches "
                    "(default: OUT/ray, single-node clusters only)")
     p.add_argument("--gpu", action="store_true", help=f"{verb} on GPU (one per worker)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--overwrite", action="store_true", help="replace the run in --out")
-    p.add_argument("--out", required=True, help=out_help)
+    p.add_argument("--out", required=True, type=output_path, help=out_help)
 
 
 _TARGET_HELP = "a named target (logah predict --help lists them) or an architecture .json"
@@ -369,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ghn", required=True, help="checkpoint folder or preset name (untrained)")
     p.add_argument("--target", required=True,
                    help="a named target (see below) or an architecture .json file")
-    p.add_argument("--out", required=True, help="output folder (written atomically)")
+    p.add_argument("--out", required=True, type=output_path, help="output folder (written atomically)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="dtype of the saved weights (each tensor is predicted and written on its "
@@ -383,7 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--space", required=True, help="vits-1k, gpts-1k, vits-cpu, gpts-cpu")
     q.add_argument("--n", type=int, default=None, help="number of architectures (space default)")
     q.add_argument("--seed", type=int, default=None, help="sampling seed (space default)")
-    q.add_argument("--out", required=True, help="output .json or .parquet file")
+    q.add_argument("--out", required=True, type=output_path, help="output .json or .parquet file")
     q.add_argument("--overwrite", action="store_true", help="replace an existing file")
     q.set_defaults(func=_cmd_archs_sample)
     q = archs.add_parser("describe", help="count, depth/width/heads histograms, parameter counts")
@@ -416,12 +431,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="self-contained HTML dashboard of study folders (plots, "
                        "trial table)")
     p.add_argument("studies", nargs="+", metavar="STUDY_DIR", help="study folder(s) STORAGE/NAME")
-    p.add_argument("-o", "--out", help="output HTML file (default: report.html in the first study)")
+    p.add_argument("-o", "--out", type=output_path, help="output HTML file (default: report.html in the first study)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing report")
     p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("demo", help="the quick-start job: predict ViT-S and GPT-2-S with logah-t")
-    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--out", default="runs/demo", type=output_path)
     p.add_argument("--overwrite", action="store_true", help="replace an earlier demo's output")
     p.set_defaults(func=_cmd_demo)
     return parser

@@ -28,6 +28,7 @@ Real faults (a killed worker, a lost node) are retried.
 from __future__ import annotations
 
 import os
+import socket
 import threading
 import urllib.parse
 import uuid
@@ -71,10 +72,28 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     if address:
+        check_address(address)
         ray.init(address=address, logging_level="ERROR", log_to_driver=False)
     else:
         ray.init("local", num_cpus=num_cpus, include_dashboard=False, logging_level="ERROR",
                  log_to_driver=False)
+
+
+ADDRESS_TIMEOUT_S = 10
+
+
+def check_address(address: str) -> None:
+    """Refuse a ``HOST:PORT`` address (or ``ray://HOST:PORT``) where nothing answers within
+    ``ADDRESS_TIMEOUT_S``: ``ray.init`` would retry for minutes and ignore Ctrl-C meanwhile.
+    Other forms (``auto``) are Ray's to resolve."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=ADDRESS_TIMEOUT_S).close()
+    except OSError as err:
+        raise LogahError(f"--address {address}: no Ray cluster answers there "
+                         f"({err.strerror or err}); start one (ray start --head) or give its address") from None
 
 
 def check_resources(workers: int, cpus_per_worker: float = 1, use_gpu: bool = False,

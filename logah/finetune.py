@@ -41,10 +41,12 @@ from logah.errors import LogahError
 from logah.inits import check_init_noise, check_mimetic, initial_model
 from logah.mimetic import MimeticScalars
 from logah.families import family_of, finetune_presets
+from logah.graph import check_graph_size
+from logah.init_kinds import GHN_INITS
 from logah.io import FRACTION, NON_NEGATIVE, POSITIVE, SEED, ConfigRecord, write_json
 from logah.predict import load_predicted, save_prediction
 from logah.runs import Reporter, copy_tree_atomic, run_local
-from logah.targets import Arch, arch_from_dict, count_params, forward
+from logah.targets import Arch, arch_from_dict, forward
 from logah.tasks import TASKS, DataConfig, make_task
 from logah.trainer import Trainer
 from logah.transfer import resolve_data
@@ -204,7 +206,10 @@ def initialised_target(config: FinetuneConfig, *, device: torch.device, copies: 
     data = resolve_data(config.data, config.ghn)
     task = make_task(config.arch, data, seed=config.seed, rank=rank, world_size=world_size)
     arch = task.fit(config.arch)
-    check_memory(count_params(arch), device, copies, f"{what} {arch.family} target")
+    if config.init in GHN_INITS:      # the GHN reads the target's graph: its size, before building
+        check_graph_size(arch)
+    # the analytic count: building even a meta model of a very deep target takes minutes
+    check_memory(arch.num_params(), device, copies, f"{what} {arch.family} target")
     model = initial_model(arch, config.init, ghn=config.ghn, seed=config.seed,
                           device=device, task=task,
                           keep_classifier=config.keep_classifier,

@@ -248,10 +248,29 @@ class GHN(nn.Module):
                     owners.append((i, specs))
         return tasks, owners
 
+    LARGE_PAIRS = 10**7     # node pairs in a meta-batch above which memory is checked
+
+    def check_fits(self, graphs: list[Graph]) -> None:
+        """Refuse graphs whose node-pair tensors (distances, their forward and backward edge
+        embeddings, the attention bias: the GHN's cost grows with the square of the node count,
+        so with a target's depth) cannot fit on the GHN's device, before allocating them."""
+        pairs = len(graphs) * max(g.num_nodes for g in graphs) ** 2
+        if pairs < self.LARGE_PAIRS:
+            return
+        from logah.devices import GIB, available_bytes
+
+        needed = pairs * (8 + 2 * 4 * self.config.hidden + 4 * self.config.heads)
+        have = available_bytes(self.device)
+        if needed > have:
+            raise LogahError(f"the GHN needs about {needed / GIB:,.1f} GiB for the node pairs of "
+                             f"{max(g.num_nodes for g in graphs):,}-node graphs but {self.device} has "
+                             f"{have / GIB:.1f} GiB available (a shallower target, or a smaller GHN)")
+
     def forward(self, graphs: list[Graph]) -> list[dict[str, torch.Tensor]]:
         """Predicted parameters, one ``{name: tensor}`` per graph, in each tensor's stored layout."""
         if not graphs:
             return []
+        self.check_fits(graphs)
         batch = GraphBatch(graphs, self.device)
         with torch.autocast(self.device.type, enabled=False):
             emb = self.embed(batch).float().reshape(-1, self.config.hidden)
@@ -270,6 +289,7 @@ class GHN(nn.Module):
         matrix of the low-rank decoder, a ``LowRank`` pair whose product is the tensor (its
         post-processing folded into the left factor). Values agree with ``forward`` to rounding
         (an embedding's RMS is computed from its factors here, from the product there)."""
+        self.check_fits([graph])
         batch = GraphBatch([graph], self.device)
         with torch.autocast(self.device.type, enabled=False):
             emb = self.embed(batch).float().reshape(-1, self.config.hidden)

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from logah.io import read_json, write_json
+from logah.io import Fields, read_json, write_json
 from logah.training import TrainConfig
 
 DONE_FILE = "store.json"
@@ -39,6 +39,14 @@ def config_key(config: TrainConfig) -> str:
     return hashlib.sha256(record.encode()).hexdigest()[:16]
 
 
+STORE_RECORD = {"key": str, "wall_s": float, "cpu_s": float, "config": dict}
+
+
+def read_store_record(path: Path) -> dict:
+    """A GHN's ``store.json``, its fields' types checked."""
+    return Fields(read_json(path, "GHN store record"), path).check(STORE_RECORD)
+
+
 def shared_ghn(config: TrainConfig, store: str | Path, train: GHNTrainFn) -> tuple[Path, dict]:
     """The folder of the GHN trained with ``config``, training it first unless the store already
     holds it. Returns the folder and its record: ``key``, ``reused`` (trained by another trial),
@@ -50,7 +58,7 @@ def shared_ghn(config: TrainConfig, store: str | Path, train: GHNTrainFn) -> tup
     with open(store / f"{key}.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)    # released when the file closes, also on a crash
         if (folder / DONE_FILE).is_file():
-            return folder, {**read_json(folder / DONE_FILE, "GHN store record"), "reused": True}
+            return folder, {**read_store_record(folder / DONE_FILE), "reused": True}
         resume = (folder / "checkpoint").is_dir()
         if not resume:
             shutil.rmtree(folder, ignore_errors=True)   # a start that died before a checkpoint

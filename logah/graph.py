@@ -152,7 +152,36 @@ def build_graph(model: nn.Module, arch: Arch, edge_cutoff: int = DEFAULT_EDGE_CU
 
 def graph_of(arch: Arch, edge_cutoff: int = DEFAULT_EDGE_CUTOFF) -> Graph:
     """Build the target on ``meta`` and trace it: the graph of an architecture record."""
+    check_graph_size(arch, edge_cutoff)
     return build_graph(build_model(arch, "meta"), arch, edge_cutoff)
+
+
+DEEP = 64           # blocks beyond the deepest target of the paper: the graph's size is checked
+PAIR_BYTES = 2 + 8  # per pair of nodes: ``distances`` (int16) and its int64 copy in ``features``
+
+
+def estimated_nodes(arch: Arch, edge_cutoff: int = DEFAULT_EDGE_CUTOFF) -> int:
+    """The node count of ``arch``'s graph without tracing it: every block adds the same nodes,
+    so the graphs of a one- and a two-block copy give it."""
+    one, two = (build_graph(build_model(arch.with_depth(d), "meta"), arch.with_depth(d),
+                            edge_cutoff).num_nodes for d in (1, 2))
+    return one + (two - one) * (arch.depth - 1)
+
+
+def check_graph_size(arch: Arch, edge_cutoff: int = DEFAULT_EDGE_CUTOFF) -> None:
+    """Refuse a target whose graph (its N x N distances) cannot fit in memory before tracing it:
+    tracing and the distances grow with depth, and a graph too large would run for hours
+    before failing. Targets no deeper than ``DEEP`` are not checked (no estimate needed)."""
+    from logah.devices import GIB, available_bytes
+
+    if arch.depth <= DEEP:
+        return
+    nodes = estimated_nodes(arch, edge_cutoff)
+    needed, have = nodes ** 2 * PAIR_BYTES, available_bytes(torch.device("cpu"))
+    if needed > have:
+        raise LogahError(f"the graph of this {arch.family} target ({arch.depth} blocks, about "
+                         f"{nodes:,} nodes) needs about {needed / GIB:,.1f} GiB for its node pairs "
+                         f"but this machine has {have / GIB:.1f} GiB available")
 
 
 def _param_specs(model: nn.Module, table: list) -> dict[str, ParamSpec]:

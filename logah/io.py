@@ -14,11 +14,19 @@ run records) goes through these helpers:
   library wrote them (``mkstemp``/``mkdtemp`` would leave ``0600``/``0700``);
 * **valid JSON** (``dumps``): a non-finite number is written as ``null``, never as ``NaN``;
 * **operating-system errors** on an output (``output_errors``) become one ``LogahError`` naming
-  the path.
+  the path, whether the OS error reached Python as an ``OSError`` or inside a library's own
+  exception (safetensors' ``SafetensorError: No space left on device``).
+
+And reading what the platform wrote (or a user hands it): every JSON file is read with
+``read_json`` and its fields through ``Fields``, which checks each value's JSON type where it is
+read (``metadata`` an object, ``num_outputs`` an integer, ...), so a hand-edited file is one
+``LogahError`` naming the file, the field, the type expected and the value found, never an
+``AttributeError`` deep in a library.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import errno
@@ -27,6 +35,7 @@ import math
 import os
 import shutil
 import tempfile
+import types
 import typing
 from pathlib import Path
 from typing import Callable, Iterator
@@ -45,10 +54,19 @@ FILE_MODE = 0o666 & ~_UMASK
 DIR_MODE = 0o777 & ~_UMASK
 
 
+def _library_io_errors() -> tuple[type, ...]:
+    """Exception types that libraries raise for what is an operating-system error underneath
+    (a full disk, a file over the size limit): safetensors reports its writes' failures as
+    ``SafetensorError``, not as ``OSError``."""
+    from safetensors import SafetensorError
+
+    return (SafetensorError,)
+
+
 @contextlib.contextmanager
 def output_errors(path: str | Path) -> Iterator[None]:
-    """Turn an ``OSError`` raised while writing ``path`` into one ``LogahError`` naming the
-    path that failed (no space, no permission, a parent that is a file, ...)."""
+    """Turn an operating-system error raised while writing ``path`` into one ``LogahError``
+    naming the path that failed (no space, no permission, a parent that is a file, ...)."""
     try:
         yield
     except OSError as err:
@@ -58,12 +76,23 @@ def output_errors(path: str | Path) -> Iterator[None]:
             if blocking is not None:
                 reason = f"{blocking} is a file, not a folder"
         raise LogahError(f"cannot write {path}: {reason}") from None
+    except _library_io_errors() as err:
+        reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+        raise LogahError(f"cannot write {path}: {reason}") from None
 
 
-def check_replaceable(path: str | Path, kind: str, overwrite: bool) -> None:
+def output_path(text: str) -> str:
+    """The ``type`` of every output option (``--out``, ``--storage``, ...): an empty path names
+    no output (the operating system would read it as the current folder)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path names no output; give a file or folder")
+    return text
+
+
+def check_replaceable(path: str | Path, kind: str, overwrite: bool, *, marker: str | None = None) -> None:
     """The overwrite rule of every command that writes: ``path`` (a ``"file"`` or a ``"folder"``
-    output) may exist only with ``overwrite``, and then only as the same kind. An empty folder
-    counts as absent."""
+    output) may exist only with ``overwrite``, and then only as the same kind (and, for a folder,
+    as ``check_may_replace`` allows). An empty folder counts as absent."""
     path = Path(path)
     if not (path.exists() or path.is_symlink()):
         return
@@ -71,8 +100,26 @@ def check_replaceable(path: str | Path, kind: str, overwrite: bool) -> None:
     if is_dir != (kind == "folder"):
         raise LogahError(f"output {path} exists and is {'a folder' if is_dir else 'not a folder'}; "
                          f"this command writes a {kind} there")
-    if not overwrite and not (is_dir and not any(path.iterdir())):
+    if is_dir and not any(path.iterdir()):
+        return
+    if not overwrite:
         raise LogahError(f"output {path} already exists (use --overwrite to replace it)")
+    if is_dir:
+        check_may_replace(path, marker)
+
+
+def check_may_replace(path: Path, marker: str | None) -> None:
+    """``--overwrite`` removes everything in the folder ``path``: never the current folder or a
+    folder holding it (``--out . --overwrite`` would empty the user's working folder), and, with
+    ``marker`` (a file this command always writes), only a folder holding that file: one that
+    does not is not an earlier output of this command."""
+    here, target = Path.cwd().resolve(), path.resolve()
+    if target == here or target in here.parents:
+        raise LogahError(f"--overwrite would remove {path}, which holds the current folder; "
+                         f"give the output a folder of its own")
+    if marker is not None and any(path.iterdir()) and not (path / marker).exists():
+        raise LogahError(f"--overwrite would remove {path}, which does not look like this "
+                         f"command's output (no {marker}); remove it yourself or choose another output")
 
 
 def _set_modes(root: Path) -> None:
@@ -90,23 +137,26 @@ def _already_exists(path: Path) -> LogahError:
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | Path, *, overwrite: bool = False, cache: bool = False) -> Iterator[Path]:
+def atomic_dir(path: str | Path, *, overwrite: bool = False, cache: bool = False,
+               marker: str | None = None) -> Iterator[Path]:
     """Yield a temporary folder that becomes ``path`` when the block succeeds.
 
     Without ``overwrite`` an existing non-empty ``path`` is an error, before and at the final
     rename. With ``overwrite`` an existing folder is replaced (the old one is removed only after
     the new one is complete). With ``cache`` (cache entries that any process may build), losing
     a race to another process that created ``path`` meanwhile is fine: theirs is kept.
+    ``marker`` is a file the block always writes: a folder without it is not replaced
+    (``check_may_replace``).
     """
     path = Path(path)
     if not cache:
-        check_replaceable(path, "folder", overwrite)
+        check_replaceable(path, "folder", overwrite, marker=marker)
     with output_errors(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
-        yield tmp
-        with output_errors(path):
+        with output_errors(path):   # what the block writes into tmp is written to path
+            yield tmp
             _set_modes(tmp)
             _rename_into_place(tmp, path, overwrite=overwrite, cache=cache)
     except BaseException:
@@ -142,8 +192,8 @@ def atomic_file(path: str | Path, write: Callable[[Path], None], *, overwrite: b
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", suffix=path.suffix, dir=path.parent)
         os.close(fd)
     try:
-        write(Path(tmp))
         with output_errors(path):
+            write(Path(tmp))
             os.chmod(tmp, FILE_MODE)
             if overwrite:
                 os.replace(tmp, path)
@@ -196,6 +246,85 @@ def read_json(path: str | Path, what: str) -> dict:
     if not isinstance(value, dict):
         raise LogahError(f"{what}: {path} must hold a JSON object")
     return value
+
+
+_JSON_TYPES = {dict: "a JSON object", list: "a list", str: "a string", bool: "true or false",
+               int: "an integer", float: "a number"}
+
+
+def json_type(value) -> str:
+    """What ``value`` is, in a user's words: ``"no" (a string)``, ``null``, ``[...] (a list)``."""
+    if value is None:
+        return "null"
+    kind = next((name for t, name in _JSON_TYPES.items()
+                 if isinstance(value, t) and not (t is int and isinstance(value, bool))), None)
+    shown = json.dumps(value, default=str)
+    shown = shown if len(shown) <= 40 else shown[:37] + "..."
+    return f"{shown} ({kind or type(value).__name__})"
+
+
+def is_json_type(value, kind: type) -> bool:
+    """Whether ``value`` is a JSON value of ``kind`` (``dict``, ``list``, ``str``, ``bool``,
+    ``int`` or ``float``): a bool is not a number, an integer is a number (``float``)."""
+    if kind in (int, float) and isinstance(value, bool):
+        return False
+    return isinstance(value, (int, float) if kind is float else kind)
+
+
+class Fields:
+    """Typed reading of a JSON object that came from a file: ``get`` returns a field after
+    checking its JSON type, so a wrong type is one ``LogahError`` naming the file, the field,
+    the type expected and the value found, at the place the field is read.
+
+        meta = Fields(read_json(path, "GHN checkpoint config"), path).object("metadata")
+        meta.object("trained_on").get("num_outputs", int)   # None when absent or null
+
+    ``where`` names the file (and, for a nested object, the path of fields to it)."""
+
+    _REQUIRED = object()
+
+    def __init__(self, record, where: str | Path, prefix: str = ""):
+        if not isinstance(record, dict):
+            what = f"{prefix.rstrip('.')} must be" if prefix else "expected"
+            raise LogahError(f"{where}: {what} a JSON object, got {json_type(record)}")
+        self.record, self.where, self.prefix = record, str(where), prefix
+
+    def get(self, name: str, kind: type, default=None, *, required: bool = False):
+        """The field ``name``, which must be of ``kind`` (see ``is_json_type``); ``default``
+        when it is absent or null, unless ``required``."""
+        value = self.record.get(name)
+        if value is None:
+            if required:
+                raise LogahError(f"{self.where}: {self.prefix}{name} is missing "
+                                 f"(expected {_JSON_TYPES[kind]})")
+            return default
+        if not is_json_type(value, kind):
+            raise LogahError(f"{self.where}: {self.prefix}{name} must be {_JSON_TYPES[kind]}, "
+                             f"got {json_type(value)}")
+        return value
+
+    def check(self, schema: dict[str, type], required: tuple[str, ...] = ()) -> dict:
+        """Check every field that ``schema`` names (field -> JSON type; those in ``required``
+        must be there) and return the record: for a file whose fields are read in many places."""
+        for name, kind in schema.items():
+            self.get(name, kind, required=name in required)
+        return self.record
+
+    def object(self, name: str) -> "Fields":
+        """The nested object ``name`` (empty when absent or null), itself read as ``Fields``."""
+        return Fields(self.get(name, dict, {}), self.where, f"{self.prefix}{name}.")
+
+
+@contextlib.contextmanager
+def reading(path: str | Path) -> Iterator[None]:
+    """Name ``path`` in a ``LogahError`` raised while its content is interpreted (a record
+    built from it that fails validation), so the user knows which file to fix."""
+    try:
+        yield
+    except LogahError as err:
+        if str(path) in str(err):
+            raise
+        raise LogahError(f"{path}: {err}") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -254,6 +383,7 @@ class ConfigRecord:
                 continue
             kind = hints.get(f.name)
             if kind not in (int, float):
+                self._check_type(f.name, value, kind)
                 continue
             allowed = (int,) if kind is int else (int, float)
             if isinstance(value, bool) or not isinstance(value, allowed):
@@ -264,6 +394,27 @@ class ConfigRecord:
             interval = self.bounds.get(f.name)
             if interval is not None and value not in interval:
                 raise LogahError(f"{self.record_name}: {f.name} must be {interval}, got {value!r}")
+
+    def _check_type(self, name: str, value, kind) -> None:
+        """A non-numeric field holds its annotated JSON type: ``str``, ``bool``, ``dict``,
+        ``list``, one of a ``Literal``'s values, or ``X | None``."""
+        options = typing.get_args(kind) if typing.get_origin(kind) in (typing.Union, types.UnionType) \
+            else (kind,)
+        if value is None and type(None) in options:
+            return
+        for option in options:
+            if typing.get_origin(option) is typing.Literal:
+                if value in typing.get_args(option):
+                    return
+            elif option in _JSON_TYPES:
+                if is_json_type(value, option):
+                    return
+            else:
+                return        # a type this check does not know: the record's own validate's
+        expected = " or ".join(" or ".join(repr(v) for v in typing.get_args(o))
+                               if typing.get_origin(o) is typing.Literal
+                               else "null" if o is type(None) else _JSON_TYPES[o] for o in options)
+        raise LogahError(f"{self.record_name}: {name} must be {expected}, got {value!r}")
 
     @classmethod
     def from_dict(cls, record: dict):

@@ -32,7 +32,7 @@ from logah.errors import LogahError
 from logah.families import family_of
 from logah.ghn import GHN
 from logah.graph import Graph, graph_of
-from logah.io import atomic_dir, output_errors, read_json, write_json
+from logah.io import atomic_dir, read_json, reading, write_json
 from logah.shards import DEFAULT_SHARD_BYTES, Entry, ShardWriter, read_weights, torch_dtype, write_state
 from logah.targets import Arch, arch_from_dict, count_params
 
@@ -85,7 +85,7 @@ def save_prediction(arch: Arch, params: dict[str, torch.Tensor], out: str | Path
     torch_dtype(dtype)
     state = {name: t.detach() for name, t in params.items()}
     check_finite(state, f"saving {out}")
-    with atomic_dir(out, overwrite=overwrite) as tmp, output_errors(out):
+    with atomic_dir(out, overwrite=overwrite, marker=ARCH_FILE) as tmp:
         _write_meta(arch, tmp, dtype)
         write_state(tmp, state, dtype=dtype)
     return Path(out)
@@ -115,7 +115,7 @@ def predict_to_folder(ghn: GHN, arch: Arch, out: str | Path, *, overwrite: bool 
         raise LogahError(f"cannot write {out}: {num_params * itemsize / GIB:.1f} GiB of weights "
                          f"({dtype}) but {parent} has {free / GIB:.1f} GiB free")
     order, values = ghn.stream(graph)
-    with atomic_dir(out, overwrite=overwrite) as tmp, output_errors(out):
+    with atomic_dir(out, overwrite=overwrite, marker=ARCH_FILE) as tmp:
         _write_meta(arch, tmp, dtype)
         writer = ShardWriter(tmp, [Entry(s.name, s.shape) for s in order], dtype=dtype,
                              max_shard_bytes=max_shard_bytes)
@@ -136,5 +136,7 @@ def _finite_blocks(name: str, blocks, out: Path):
 def load_predicted(path: str | Path) -> tuple[Arch, nn.Module]:
     """The architecture and the module saved by ``save_prediction`` (or ``logah predict``)."""
     path = Path(path)
-    arch = arch_from_dict(read_json(path / ARCH_FILE, "predicted-parameters folder"))
+    record = read_json(path / ARCH_FILE, "predicted-parameters folder")
+    with reading(path / ARCH_FILE):
+        arch = arch_from_dict(record)
     return arch, family_of(arch).load_folder(arch, path, read_weights)

@@ -29,6 +29,7 @@ import contextlib
 import fcntl
 import json
 import os
+import pickle
 import re
 import shutil
 import tempfile
@@ -37,7 +38,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from logah.errors import LogahError
-from logah.io import atomic_dir, atomic_write_text, dumps, output_errors, read_json, write_json
+from logah.io import (Fields, atomic_dir, atomic_write_text, check_may_replace, dumps, output_errors, read_json,
+                      reading, write_json)
 
 CHECKPOINT_DIR = "checkpoint"     # the latest checkpoint; its presence marks a resumable run
 METRICS_FILE = "metrics.jsonl"
@@ -124,6 +126,8 @@ def run_folder(out: str | Path, *, config_file: str, resume: bool = False,
         raise LogahError("--resume continues a run and --overwrite replaces it: give one")
     check_output_dir(out)
     existed = out.exists()
+    if overwrite and existed:
+        check_may_replace(out, config_file)
     if resume and not existed:
         raise LogahError(f"cannot resume: {out} does not exist")
     with output_errors(out):
@@ -181,11 +185,13 @@ def read_metrics(path: str | Path) -> list[dict]:
     records = []
     for number, line in enumerate(lines, 1):
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError as err:
             if number == len(lines):
                 break
             raise LogahError(f"metrics {path}, line {number}: not JSON ({err})") from None
+        Fields(record, f"metrics {path}, line {number}").get("step", int)   # records are ordered by it
+        records.append(record)
     return records
 
 
@@ -207,12 +213,17 @@ def read_run_state(folder: Path, state_file: str, config, config_file: str,
     import torch
 
     saved = read_json(folder / config_file, "run config")
-    if type(config).from_dict(saved) != config:
+    with reading(folder / config_file):
+        saved = type(config).from_dict(saved)
+    if saved != config:
         raise LogahError(f"cannot resume from {folder}: it was run with another config")
     try:
         state = torch.load(folder / state_file, map_location=device, weights_only=True)
     except FileNotFoundError:
         raise LogahError(f"cannot resume: {folder / state_file} not found") from None
+    except pickle.UnpicklingError:   # torch's text would suggest weights_only=False: never here
+        raise LogahError(f"cannot resume from {folder}: {state_file} holds objects other than "
+                         f"tensors and numbers; it was refused unread (loading it could run code)") from None
     except Exception as err:   # torch raises several types for corrupt or foreign pickles
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise LogahError(f"cannot resume from {folder}: {state_file} is not a run state "
@@ -253,7 +264,8 @@ class LocalReporter:
             self.record(metrics, None)
         else:
             with scratch_folder(self.out) as folder:
-                write(folder)
+                with output_errors(self.out):   # a full disk while checkpointing: one line
+                    write(folder)
                 self.record(metrics, folder)
         if self.on_metrics is not None:   # after the export, so a caller may stop the run here
             self.on_metrics(metrics)

@@ -27,7 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from logah.errors import LogahError
-from logah.io import dumps
+from logah.io import Fields, dumps, read_json
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -170,11 +170,8 @@ def shard_files(folder: Path) -> list[Path]:
     folder = Path(folder)
     index = folder / INDEX_FILE
     if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-            names = sorted(set(weight_map.values()))
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
-            raise LogahError(f"{index}: not a safetensors index ({err})") from None
+        weight_map = Fields(read_json(index, "safetensors index"), index).object("weight_map")
+        names = sorted({weight_map.get(name, str, required=True) for name in weight_map.record})
         if any(Path(n).name != n for n in names):
             raise LogahError(f"{index}: shard names must be plain file names, got {names[:3]}")
         return [folder / n for n in names]

@@ -23,7 +23,7 @@ from typing import Any
 
 from logah.errors import LogahError
 from logah.families import TargetArch, family_of, family_of_record, named_targets, target_notes
-from logah.io import read_json
+from logah.io import read_json, reading
 
 Arch = TargetArch
 NAMED_TARGETS: dict[str, TargetArch] = named_targets()
@@ -43,7 +43,9 @@ def arch_from_dict(record: dict[str, Any]) -> TargetArch:
 
 def load_arch_json(path: str | Path) -> TargetArch:
     """Read one architecture record from a JSON file (as written by ``logah predict`` or by hand)."""
-    return arch_from_dict(read_json(path, "architecture file"))
+    record = read_json(path, "architecture file")
+    with reading(path):
+        return arch_from_dict(record)
 
 
 def resolve_target(spec: str | Path) -> TargetArch:

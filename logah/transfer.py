@@ -58,14 +58,15 @@ class TrainedOn:
     def of(cls, ghn_path: str | Path) -> "TrainedOn":
         from logah.checkpoint import TOKENIZER_DIR, read_metadata
 
-        record = read_metadata(ghn_path).get("trained_on", {})
-        space = record.get("space") if isinstance(record.get("space"), dict) else None
-        tokenizer = record.get("tokenizer") or {}
+        record = read_metadata(ghn_path).object("trained_on")
+        space = record.object("space")
+        tokenizer = record.object("tokenizer")
         folder = Path(ghn_path) / TOKENIZER_DIR
-        return cls(family=record.get("family") or (space or {}).get("family"), space=space,
-                   dataset=record.get("dataset"), num_outputs=record.get("num_outputs"),
-                   tokenizer_name=tokenizer.get("name"),
-                   tokenizer_fingerprint=tokenizer.get("fingerprint"),
+        return cls(family=record.get("family", str) or space.get("family", str),
+                   space=space.record or None,
+                   dataset=record.get("dataset", str), num_outputs=record.get("num_outputs", int),
+                   tokenizer_name=tokenizer.get("name", str),
+                   tokenizer_fingerprint=tokenizer.get("fingerprint", str),
                    tokenizer_dir=folder if folder.is_dir() else None)
 
     def describe(self) -> str:

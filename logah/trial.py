@@ -21,7 +21,6 @@ Train workers for a distributed GHN phase is not in it).
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -32,7 +31,7 @@ from logah.errors import LogahError
 from logah.finetune import FinetuneConfig, finetune
 from logah.ghn_store import GHNTrainFn, shared_ghn
 from logah.init_kinds import GHN_INITS
-from logah.io import ConfigRecord, write_json
+from logah.io import ConfigRecord, read_json, write_json
 from logah.runs import METRICS_FILE, read_metrics
 from logah.training import TrainConfig, train_ghn
 
@@ -143,4 +142,4 @@ def load_trial(out: str | Path) -> dict:
     path = Path(out) / TRIAL_FILE
     if not path.is_file():
         raise LogahError(f"{out}: no {TRIAL_FILE} (the trial has not finished)")
-    return json.loads(path.read_text())
+    return read_json(path, "trial result")

@@ -220,13 +220,13 @@ def test_report_is_self_contained_and_has_every_panel(report, study):
 @REPORT
 def test_report_refuses_an_existing_output_unless_overwrite_and_writes_atomically(study_dir, tmp_path):
     out = tmp_path / "r.html"
-    out.write_text("old")
+    out.write_text("<!doctype html>old")
     with pytest.raises(LogahError, match=re.escape(f"output {out} already exists (use --overwrite")):
         write_report([study_dir], out)
-    assert out.read_text() == "old"
+    assert out.read_text() == "<!doctype html>old"
     with pytest.raises(LogahError):   # a study that does not load: the old file stays whole
         write_report([study_dir, tmp_path / "nowhere"], out, overwrite=True)
-    assert out.read_text() == "old"
+    assert out.read_text() == "<!doctype html>old"
     assert write_report([study_dir], out, overwrite=True) == out
     assert out.read_text().startswith("<!doctype html>")
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]   # no temporary left

@@ -98,10 +98,105 @@ CASES = {
                            "--batch-size", "2", "--block-size", "16"],
                           r"not a loadable GPT-2 folder"),
     "init corrupt vit": (FINETUNE + ["--init", "{corrupt_vit}"], r"missing or corrupt"),
+    # 11. a JSON value of the wrong type, in any file we read: the file, the field, the type
+    # expected and the value found
+    "describe tie 'no'": (["archs", "describe", "{tie_no}"],
+                          r"tie_no.json: GPT2Arch: tie_word_embeddings must be true or false, got 'no'"),
+    "predict tie 'no'": (["predict", "--ghn", "logah-test", "--target", "{tie_no}"],
+                         r"tie_no.json: .*tie_word_embeddings must be true or false"),
+    "finetune heads '2'": (["finetune", "--target", "{heads_str}", "--data", "digits"],
+                           r"heads_str.json: ViTArch: num_heads must be a positive integer, got '2'"),
+    "ghn-info metadata a string": (["ghn-info", "{ghn_metadata_str}"],
+                                   r"ghn.json: metadata must be a JSON object, got \"oops\" \(a string\)"),
+    "predict metadata a string": (["predict", "--ghn", "{ghn_metadata_str}", "--target", "{tiny}"],
+                                  r"ghn.json: metadata must be a JSON object"),
+    "init logah metadata a string": (FINETUNE + ["--init", "logah", "--ghn", "{ghn_metadata_str}"],
+                                     r"ghn.json: metadata must be a JSON object"),
+    "predict num_outputs a string": (["predict", "--ghn", "{ghn_outputs_str}", "--target", "{tiny}"],
+                                     r"metadata.trained_on.num_outputs must be an integer, got \"ten\""),
+    "ghn-info config a list": (["ghn-info", "{ghn_config_list}"], r"ghn.json: config must be a JSON object"),
+    "init folder arch.json heads '2'": (FINETUNE + ["--init", "{vit_arch_str}"],
+                                        r"arch.json: ViTArch: num_heads must be a positive integer"),
+    "finetune --config amp 'no'": (FINETUNE + ["--config", "{settings_amp}"],
+                                   r"amp must be true or false, got 'no'"),
+    "train --set tokenizer a number": (TRAIN + ["--set", "data.tokenizer=5"],
+                                       r"data config: tokenizer must be a string, got 5"),
+    "report objectives a string": (["report", "{study_objectives_str}"],
+                                   r"study.json: objectives must be a list, got \"best\" \(a string\)"),
+    "tokenizer vocab id a string": (["finetune", "--target", "{gpt_target}", "--tokenizer", "{tok_vocab_str}",
+                                     "--batch-size", "2", "--block-size", "16"],
+                                    r"vocab.json: token a must be an integer, got \"1\" \(a string\)"),
+    "tokenizer merge of three": (["finetune", "--target", "{gpt_target}", "--tokenizer", "{tok_merge_3}",
+                                  "--batch-size", "2", "--block-size", "16"],
+                                 r"merges.txt: merge 1 must be two tokens separated by a space, got 'a b c'"),
+    "report swept a string": (["report", "{study_swept_str}"],
+                              r"study.json: swept must be a list, got \"rank\" \(a string\)"),
+    # 12. outputs named by a path that cannot be meant, or that --overwrite must not empty
+    "predict --out ''": (["predict", "--ghn", "logah-test", "--target", "{tiny}", "--out", ""],
+                         r"argument --out: an empty path names no output"),
+    "train --out ''": (TRAIN + ["--out", ""], r"argument --out: an empty path names no output"),
+    "report -o ''": (["report", "{failed_study}", "-o", ""], r"argument -o/--out: an empty path"),
+    "predict --out . --overwrite": (["predict", "--ghn", "logah-test", "--target", "{tiny}",
+                                     "--overwrite", "--out", "{cwd}"], r"holds the current folder"),
+    "predict --out .. --overwrite": (["predict", "--ghn", "logah-test", "--target", "{tiny}",
+                                      "--overwrite", "--out", "{cwd_parent}"], r"holds the current folder"),
+    "predict overwrite a folder not ours": (["predict", "--ghn", "logah-test", "--target", "{tiny}",
+                                             "--overwrite", "--out", "{foreign}"],
+                                            r"does not look like this command's output \(no arch.json\)"),
+    "train overwrite a folder not ours": (TRAIN + ["--overwrite", "--out", "{foreign}"],
+                                          r"does not look like .* \(no train_config.json\)"),
+    "report overwrite a file not a report": (["report", "{failed_study}", "--overwrite", "-o",
+                                              "{notes}"], r"which is not an HTML report"),
+    # 13. sizes estimated before work starts: a target too deep for its graph
+    "predict 100000 blocks": (["predict", "--ghn", "logah-test", "--target", "{deep}"],
+                              r"graph of this vit target \(100000 blocks, about [\d,]+ nodes\) needs"),
+    "evaluate 100000 blocks": (["evaluate", "--target", "{deep}", "--init", "logah", "--ghn", "logah-test",
+                                "--data", "digits"], r"100000 blocks"),
+    # 14. results that are not numbers: a GHN with NaN weights predicts NaN targets
+    "predict NaN GHN": (["predict", "--ghn", "{ghn_nan}", "--target", "{tiny}"],
+                        r"GHN checkpoint .*: parameter .* is not finite"),
+    "evaluate NaN GHN": (["evaluate", "--target", "{tiny}", "--init", "logah", "--ghn", "{ghn_nan}",
+                          "--data", "digits"], r"is not finite"),
+    # 15. Ray options that cannot work, refused before Ray starts
+    "address nothing listens": (TRAIN + ["--workers", "1", "--address", "127.0.0.1:{free_port}"],
+                                r"--address 127.0.0.1:\d+: no Ray cluster answers there"),
+    "address ray:// nothing listens": (TRAIN + ["--workers", "1", "--address", "ray://127.0.0.1:{free_port}"],
+                                       r"no Ray cluster answers there"),
 }
 
 GPT_TARGET = {"family": "gpt2", "n_layer": 1, "n_embd": 16, "n_head": 2, "vocab_size": 4096,
               "n_positions": 32}
+# architecture files with one field of the wrong type, and one too deep to trace
+ARCH_FILES = {"tiny": TINY_VIT, "huge": HUGE_VIT, "gpt_target": GPT_TARGET,
+              "tie_no": {**GPT_TARGET, "tie_word_embeddings": "no"},
+              "heads_str": {**TINY_VIT, "num_heads": "2"},
+              "deep": {**TINY_VIT, "num_layers": 100_000}}
+# GHN checkpoints whose ghn.json has one field of the wrong type: field path -> value
+GHN_EDITS = {"ghn_metadata_str": (("metadata",), "oops"),
+             "ghn_outputs_str": (("metadata", "trained_on", "num_outputs"), "ten"),
+             "ghn_config_list": (("config",), [])}
+# study folders whose study.json has one field of the wrong type
+STUDY_EDITS = {"study_objectives_str": {"objectives": "best"},
+               "study_swept_str": {"swept": "rank"}}
+STUDY_RECORD = {"name": "s", "objectives": [{"column": "best", "metric": "val_accuracy", "mode": "max"}],
+                "swept": ["ghn_training.ghn.rank"], "question": "?"}
+
+
+def failed_study(path: Path, trials: int = 2) -> Path:
+    """A study folder as the runner leaves it when every trial failed at once (no step reported):
+    study.json, each trial's record, and the tables."""
+    from logah.study.tables import write_tables
+
+    for number in range(trials):
+        folder = path / "trials" / f"t{number}"
+        folder.mkdir(parents=True)
+        (folder / "record.json").write_text(json.dumps(
+            {"trial_id": f"t{number}", "status": "FAILED", "user_error": True,
+             "error": "LogahError: unknown dataset 'nonexistent'",
+             "settings": {"ghn_training.ghn.rank": 2 + number}}))
+    (path / "study.json").write_text(json.dumps({**STUDY_RECORD, "folder": str(path)}))
+    write_tables(path)
+    return path
 
 
 def _predicted_folder(path: Path, arch: dict) -> Path:
@@ -115,8 +210,46 @@ def _predicted_folder(path: Path, arch: dict) -> Path:
     return path
 
 
+def _ghn_folder(path: Path, nan: bool = False) -> Path:
+    """An untrained logah-test checkpoint that says it was trained on digits (with a NaN weight:
+    written past ``save_ghn``, which refuses one)."""
+    from safetensors.torch import save_file
+
+    from logah.checkpoint import WEIGHTS_FILE, save_ghn
+    from logah.ghn import build_ghn
+    from logah.presets import get_preset
+
+    ghn = build_ghn(get_preset("logah-test"), seed=0)
+    save_ghn(ghn, path, {"trained_on": {"family": "vit", "dataset": "digits", "num_outputs": 10}})
+    if nan:
+        state = {k: v.detach().clone() for k, v in ghn.state_dict().items()}
+        next(iter(state.values())).view(-1)[0] = float("nan")
+        save_file(state, str(path / WEIGHTS_FILE))
+    return path
+
+
+def _edit_json(path: Path, keys: tuple, value) -> None:
+    record = json.loads(path.read_text())
+    inner = record
+    for key in keys[:-1]:
+        inner = inner[key]
+    inner[keys[-1]] = value
+    path.write_text(json.dumps(record))
+
+
+def _free_port() -> int:
+    """A local port nothing listens on (bound, then released)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _set_up(tmp_path: Path, args: list[str]) -> tuple[list[str], Path]:
-    """The case's arguments with its files made; and its output location."""
+    """The case's arguments with its files made; and its output location. ``{cwd}`` runs the
+    case in a folder holding a file of the user's and stands for ``.``; ``{cwd_parent}`` for
+    its parent."""
     inputs = tmp_path / "inputs"
     inputs.mkdir()
     out = tmp_path / "out"
@@ -125,10 +258,47 @@ def _set_up(tmp_path: Path, args: list[str]) -> tuple[list[str], Path]:
         for key in re.findall(r"\{(\w+)\}", arg):
             if key in made:
                 continue
-            if key in ("tiny", "huge", "gpt_target"):
+            if key in ARCH_FILES:
                 path = inputs / f"{key}.json"
-                path.write_text(json.dumps({"tiny": TINY_VIT, "huge": HUGE_VIT,
-                                            "gpt_target": GPT_TARGET}[key]))
+                path.write_text(json.dumps(ARCH_FILES[key]))
+            elif key in GHN_EDITS:
+                path = _ghn_folder(inputs / key)
+                _edit_json(path / "ghn.json", *GHN_EDITS[key])
+            elif key == "ghn_nan":
+                path = _ghn_folder(inputs / key, nan=True)
+            elif key in STUDY_EDITS:
+                path = inputs / key
+                path.mkdir()
+                (path / "study.json").write_text(json.dumps({**STUDY_RECORD, **STUDY_EDITS[key]}))
+            elif key in ("tok_vocab_str", "tok_merge_3"):
+                path = inputs / key
+                path.mkdir()
+                vocab = {"a": "1", "b": 2} if key == "tok_vocab_str" else {"a": 0, "b": 1, "ab": 2}
+                (path / "vocab.json").write_text(json.dumps(vocab))
+                (path / "merges.txt").write_text("#version: 0.2\n" + ("a b\n" if key == "tok_vocab_str" else "a b c\n"))
+            elif key == "failed_study":
+                path = failed_study(inputs / key)
+            elif key == "vit_arch_str":
+                path = _predicted_folder(inputs / key, TINY_VIT)
+                _edit_json(path / "arch.json", ("num_heads",), "2")
+            elif key == "settings_amp":
+                path = inputs / "settings.json"
+                path.write_text(json.dumps({"amp": "no"}))
+            elif key in ("cwd", "cwd_parent"):
+                here = tmp_path / "work" / "here"
+                here.mkdir(parents=True)
+                (here / "thesis.tex").write_text("mine")
+                os.chdir(here)
+                path = "." if key == "cwd" else ".."
+            elif key == "foreign":
+                path = out
+                path.mkdir()
+                (path / "notes.txt").write_text("mine")
+            elif key == "notes":
+                path = tmp_path / "notes.html"
+                path.write_text("my notes, not a report")
+            elif key == "free_port":
+                path = _free_port()
             elif key in ("file", "json_file"):
                 path = out if key == "file" else tmp_path / "out.json"
                 path.write_text("mine")
@@ -148,7 +318,8 @@ def _set_up(tmp_path: Path, args: list[str]) -> tuple[list[str], Path]:
                 (path / "model.safetensors").write_bytes(b"\0" * 64)
             made[key] = path
     args = [re.sub(r"\{(\w+)\}", lambda m: str(made[m.group(1)]), a) for a in args]
-    if "--out" not in args and args[0] != "evaluate":
+    writes = args[0] not in ("evaluate", "ghn-info") and args[:2] != ["archs", "describe"]
+    if writes and "--out" not in args and "-o" not in args:
         args += ["--out", str(out)]
     return args, out
 
@@ -162,14 +333,16 @@ def _snapshot(path: Path):
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_bad_input_is_one_message_exit_2_and_no_output(tmp_path, capsys, case):
+def test_bad_input_is_one_message_exit_2_and_no_output(tmp_path, capsys, monkeypatch, case):
+    monkeypatch.chdir(tmp_path)               # a case may run in a folder of its own ({cwd})
     args, expected = CASES[case]
     args, out = _set_up(tmp_path, args)
-    where = Path(args[args.index("--out") + 1]) if "--out" in args else out
+    flag = next((f for f in ("--out", "-o") if f in args), None)
+    where = Path(args[args.index(flag) + 1] or ".") if flag else out
     before = _snapshot(where)
     start = time.monotonic()
     assert main(args) == 2
-    assert time.monotonic() - start < 60       # refused up front, not after a long run
+    assert time.monotonic() - start < 30       # refused up front, not after a long run
     captured = capsys.readouterr()
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1, captured.err
@@ -286,3 +459,118 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path):
     assert process.returncode == 130
     assert err.strip().splitlines()[-1] == "logah train-ghn: interrupted"
     assert not out.exists()      # no checkpoint reached: nothing left behind
+
+
+# --- studies: refused before Ray starts, and nothing left where the study would have gone ------
+STUDY_CASES = {
+    "real range with a step": (["--sweep", "finetune.lr=0.1:0.2:0"], r"a range of reals takes no step \('0'\)"),
+    "integer range with step 0": (["--sweep", "ghn_training.ghn.rank=2:8:0"],
+                                  r"has step 0; a step must be a positive integer"),
+    "a swept value with no valid trial": (["--sweep", "ghn_training.ghn.rank=1:1000000"],
+                                          r"swept ghn_training.ghn.rank=1000000 gives no valid trial"),
+    "unknown dataset": (["--set", "ghn_training.data.dataset=nonexistent"], r"unknown dataset 'nonexistent'"),
+    "seed -1": (["--seed", "-1"], r"--seed must be a whole number"),
+    "optuna storage bogus": (["--optuna-storage", "bogus://x"], r"--optuna-storage bogus://x: "),
+    "optuna storage no such sqlite folder": (["--optuna-storage", "sqlite:////nonexistent/dir/o.db"],
+                                             r"--optuna-storage sqlite:////nonexistent"),
+    "storage ''": (["--storage", ""], r"argument --storage: an empty path names no output"),
+    "ghn-store ''": (["--ghn-store", ""], r"argument --ghn-store: an empty path"),
+    "ghn-store a file": (["--ghn-store", "{file}"], r"--ghn-store .* is a file, not a folder"),
+}
+
+
+@pytest.mark.parametrize("case", list(STUDY_CASES))
+def test_a_study_refused_is_one_line_exit_2_and_leaves_no_folder(tmp_path, capsys, case):
+    """Whatever can be checked before Ray is: one line, exit 2, and neither the study folder
+    nor the storage folder the set-up would have created is left (a later run of the same name
+    is not blocked by a leftover lock)."""
+    import importlib.util
+
+    from logah.study.cli import main as study_main
+
+    spec = importlib.util.spec_from_file_location("rank_sweep", ROOT / "studies" / "rank_sweep.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    args, expected = STUDY_CASES[case]
+    (tmp_path / "file").write_text("mine")
+    args = [a.replace("{file}", str(tmp_path / "file")) for a in args]
+    storage = tmp_path / "new" / "studies"
+    if "--storage" not in args:
+        args = ["--storage", str(storage), "--name", "s", *args]
+    start = time.monotonic()
+    assert study_main(module.STUDY, args) == 2
+    assert time.monotonic() - start < 30
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in lines[0], lines
+    assert lines[0].startswith("rank_sweep: error: ") and re.search(expected, lines[0]), lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]     # not even --storage
+
+
+def test_a_study_whose_every_trial_failed_has_valid_tables_and_a_report(tmp_path, capsys):
+    """Trials that all failed before reporting a step (an unknown dataset, a GHN store that is
+    a file) still give a trial table with their errors, a step table with its columns, and a
+    report that lists them; also for a study written before the step table had columns."""
+    import pandas as pd
+
+    study = failed_study(tmp_path / "s")
+    trials, steps = pd.read_parquet(study / "trials.parquet"), pd.read_parquet(study / "steps.parquet")
+    assert list(trials["status"]) == ["FAILED", "FAILED"]
+    assert {"trial_id", "phase", "step"} <= set(steps.columns) and steps.empty
+    assert main(["report", str(study)]) == 0
+    assert "unknown dataset" in (study / "report.html").read_text()
+    pd.DataFrame().to_parquet(study / "steps.parquet")       # as an older runner wrote it
+    assert main(["report", str(study), "--overwrite"]) == 0
+    capsys.readouterr()
+
+
+FULL_DISK = {   # name -> arguments (the output is {out}); every write fails past 4 KiB
+    "predict": ["predict", "--ghn", "logah-test", "--target", "vit-cpu-target", "--out", "{out}"],
+    "archs sample": ["archs", "sample", "--space", "vits-cpu", "--n", "100", "--out", "{out}.json"],
+    "finetune": FINETUNE[:2] + ["{tiny}"] + FINETUNE[3:] + ["--out", "{out}"],
+    "report": ["report", "{study}", "-o", "{out}.html"],
+}
+
+
+@pytest.mark.parametrize("case", list(FULL_DISK))
+def test_a_full_disk_is_one_line_naming_the_path(tmp_path, capsys, case):
+    """A write that the operating system refuses part-way (here: the file-size limit, which
+    fails a write as a full disk does, with EFBIG instead of ENOSPC), whether Python or a
+    library (safetensors, pyarrow) was writing: one line naming the path, exit 2, nothing left."""
+    import resource
+
+    (tmp_path / "tiny.json").write_text(json.dumps(TINY_VIT))
+    study = failed_study(tmp_path / "study")
+    args = [a.replace("{out}", str(tmp_path / "out")).replace("{tiny}", str(tmp_path / "tiny.json"))
+            .replace("{study}", str(study)) for a in FULL_DISK[case]]
+    before = sorted(map(str, tmp_path.rglob("*")))
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # a failed write, not a killed process
+    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, limits[1]))
+    try:
+        code = main(args)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, handler)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert re.fullmatch(rf"logah {args[0]}: error: cannot write {tmp_path}/out\S*: File too large", lines[-1])
+    assert not [line for line in lines if "error" in line or "Traceback" in line][:-1], lines
+    assert sorted(map(str, tmp_path.rglob("*"))) == before
+
+
+@pytest.mark.parametrize("command", ["finetune", "evaluate"])
+def test_a_nan_result_never_exits_0(tmp_path, capsys, monkeypatch, command):
+    """A run that ends with a NaN metric (here stubbed in) says so and exits 2, whatever it did
+    on the way; train-ghn's held-out metrics and predict's tensors are guarded the same way
+    (``cases`` above: a GHN with a NaN weight)."""
+    import logah.finetune
+
+    nan = float("nan")
+    monkeypatch.setattr(logah.finetune, "finetune", lambda *a, **k: {"final_val_accuracy": 0.5,
+                                                                      "test_accuracy": nan})
+    monkeypatch.setattr(logah.finetune, "evaluate_init", lambda *a, **k: {"val_accuracy": nan})
+    (tmp_path / "tiny.json").write_text(json.dumps(TINY_VIT))
+    args = [command, "--target", str(tmp_path / "tiny.json"), "--data", "digits"]
+    assert main(args + (["--out", str(tmp_path / "out")] if command == "finetune" else [])) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and re.search(r"error: the run's result is not a number: \w+_accuracy nan", err[0]), err

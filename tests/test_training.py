@@ -225,7 +225,7 @@ def test_classifier_is_sized_for_the_data(tmp_path):
                         tmp_path / "run", progress=False)
     assert math.isfinite(history[-1]["loss"]) and "heldout_accuracy" in history[-1]
     assert history[0]["loss"] > math.log(10)              # a 100-way start: about ln 100 = 4.6
-    assert read_metadata(tmp_path / "run")["trained_on"]["num_outputs"] == 100
+    assert read_metadata(tmp_path / "run").record["trained_on"]["num_outputs"] == 100
     with pytest.raises(LogahError, match=r"100 classes .* num_classes >= 100"):
         train_ghn(tiny_config(ghn=get_preset("ghn3-test"), data=cifar100), tmp_path / "tiled",
                   progress=False)

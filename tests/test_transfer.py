@@ -53,7 +53,7 @@ def _predicted(ghn_folder, arch) -> dict:
 
 
 def test_a_text_ghn_records_its_tokenizer(text_ghn):
-    trained_on = read_metadata(text_ghn)["trained_on"]
+    trained_on = read_metadata(text_ghn).record["trained_on"]
     shakespeare = get_tokenizer("bpe", corpus="shakespeare", vocab_size=1024)
     assert trained_on["family"] == "gpt2" and trained_on["space"]["name"] == "gpts-cpu"
     assert trained_on["tokenizer"]["fingerprint"] == tokenizer_fingerprint(shakespeare)

@@ -54,9 +54,17 @@ def write_report(study_dirs: Iterable[str | Path], out: str | Path | None = None
     out = Path(out) if out is not None else studies[0].path / REPORT_FILE
     _check_output(out, studies)
     check_replaceable(out, "file", overwrite)
+    if out.is_file() and not _is_html(out):   # --overwrite replaces a report, not any file
+        raise LogahError(f"--overwrite would replace {out}, which is not an HTML report; remove it "
+                         f"yourself or write the report elsewhere")
     text = render_report(studies)
     atomic_file(out, lambda tmp: tmp.write_text(text), overwrite=overwrite)
     return out
+
+
+def _is_html(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(64).lstrip().lower().startswith((b"<!doctype html", b"<html"))
 
 
 def _check_output(out: Path, studies: list[Study]) -> None:

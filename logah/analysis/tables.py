@@ -28,7 +28,7 @@ import pandas as pd
 
 from logah.errors import LogahError
 from logah.init_kinds import GHN_INITS, PAPER_NAMES
-from logah.io import atomic_file, read_json
+from logah.io import Fields, atomic_file, read_json
 
 STUDY_FILE = "study.json"
 TRIALS_FILE = "trials.parquet"
@@ -43,6 +43,34 @@ DATASET = "finetune.data.dataset"
 GHN_PREFIX = "ghn_training.ghn."
 GHNS_DIR = "ghns"              # a study's own GHN store (``logah.study.tables.GHNS_DIR``)
 GHN_STORE_RECORD = "store.json"   # written by ``logah.ghn_store`` when a GHN is trained
+
+# the fields of study.json (``logah.study.runner`` writes it) that are read, and their JSON types;
+# its history (``provenance``, ``segments``) only informs a report's header, which shows what is
+# well formed of it, and is checked where a resume relies on it (``check_history``)
+STUDY_RECORD = {"name": str, "folder": str, "script": str, "question": str, "preset": str,
+                "task": str, "objectives": list, "swept": list, "fixed": dict, "target": dict,
+                "dataset": str, "num_samples": int, "search": str, "scheduler": str,
+                "train_workers": int, "optuna_storage": str, "optuna_study_name": str,
+                "ghn_store": str, "trial": dict, "started_at": str, "finished_at": str,
+                "wall_s": float, "concurrency": int}
+
+
+def read_study_record(path: Path) -> dict:
+    """``study.json`` at ``path``, every field it is read for checked for its type."""
+    record = Fields(read_json(path, "study record"), path).check(STUDY_RECORD)
+    for number, objective in enumerate(record.get("objectives") or []):
+        Fields(objective, path, f"objectives[{number}].").check({"column": str, "mode": str, "metric": str})
+    return record
+
+
+def check_history(record: dict, path: Path) -> None:
+    """The runs recorded in ``study.json`` at ``path`` (``segments``, ``provenance``), which a
+    resume continues: each field of the type it is read as."""
+    fields = Fields(record, path)
+    for number, segment in enumerate(fields.get("segments", list, [])):
+        Fields(segment, path, f"segments[{number}].").check({"wall_s": float, "digest": str, "commit": str,
+                                                             "started_at": str, "finished_at": str})
+    fields.object("provenance").object("code").get("digest", str)
 
 
 @dataclass(frozen=True)
@@ -124,7 +152,7 @@ def load_study(path: str | Path) -> Study:
     if not (path / STUDY_FILE).is_file():
         raise LogahError(f"{path} is not a study folder (no {STUDY_FILE}); give the folder "
                          f"STORAGE/NAME that a studies/*.py run wrote")
-    meta = read_json(path / STUDY_FILE, "study record")
+    meta = read_study_record(path / STUDY_FILE)
     missing = [key for key in ("name", "objectives") if key not in meta]
     if missing or not meta["objectives"]:
         raise LogahError(f"{path / STUDY_FILE}: not a study record (missing {missing or ['objectives']})")
@@ -136,9 +164,8 @@ def load_study(path: str | Path) -> Study:
         if column not in trials.columns:
             raise LogahError(f"{path / TRIALS_FILE}: not a trial table (no {column!r} column)")
     steps = _read_parquet(path / STEPS_FILE)
-    if steps is None:
-        steps = pd.DataFrame({"trial_id": pd.Series(dtype="str"), "phase": pd.Series(dtype="str"),
-                              "step": pd.Series(dtype="int64")})
+    if steps is None or (steps.empty and "trial_id" not in steps.columns):   # no trial got a step
+        steps = empty_steps()
     return Study(path=path, meta=meta, trials=tidy_trials(trials, meta, path),
                  steps=_tidy_steps(steps, meta))
 
@@ -177,6 +204,12 @@ def export_tables(study: Study, out: str | Path, fmt: str = "parquet") -> list[P
             atomic_file(path, lambda tmp, t=table: t.to_parquet(tmp, index=False))
         written.append(path)
     return written
+
+
+def empty_steps() -> pd.DataFrame:
+    """A step table with no rows (a study none of whose trials reported a step yet)."""
+    return pd.DataFrame({"trial_id": pd.Series(dtype="str"), "phase": pd.Series(dtype="str"),
+                         "step": pd.Series(dtype="int64")})
 
 
 def _read_parquet(path: Path) -> pd.DataFrame | None:
@@ -252,10 +285,11 @@ def _store_seconds(store: Path | None, key: str) -> float | None:
     if store is None or not (store / key / GHN_STORE_RECORD).is_file():
         return None
     try:
-        wall = read_json(store / key / GHN_STORE_RECORD, "GHN store record").get("wall_s")
+        path = store / key / GHN_STORE_RECORD
+        wall = Fields(read_json(path, "GHN store record"), path).get("wall_s", float)
     except LogahError:   # a damaged record: the fallback is as good as it gets
         return None
-    return float(wall) if isinstance(wall, (int, float)) and not isinstance(wall, bool) else None
+    return None if wall is None else float(wall)
 
 
 def _tidy_steps(steps: pd.DataFrame, meta: dict) -> pd.DataFrame:

@@ -30,7 +30,7 @@ from pathlib import Path
 from logah.data.paths import cache_dir, package_dir
 from logah.data.text import corpus_texts
 from logah.errors import LogahError
-from logah.io import atomic_dir
+from logah.io import Fields, atomic_dir, read_json
 
 EOS = "<|endoftext|>"
 GPT2_VOCAB_SIZE = 50257
@@ -101,10 +101,18 @@ def _wrap(vocab: dict[str, int], merges: list[tuple[str, str]], name: str):
 
 
 def _read_gpt2_files(vocab_path: Path, merges_path: Path):
-    vocab = json.loads(vocab_path.read_text(encoding="utf-8"))
+    """A byte-level BPE's ``vocab.json`` (token -> id) and ``merges.txt`` (pairs), checked: a
+    tokenizer folder may be the user's."""
+    vocab = Fields(read_json(vocab_path, "tokenizer vocabulary"), vocab_path, "token ")
+    for token in vocab.record:
+        vocab.get(token, int)
     lines = merges_path.read_text(encoding="utf-8").splitlines()
     merges = [tuple(line.split(" ")) for line in lines if line and not line.startswith("#version")]
-    return vocab, merges
+    bad = next((number for number, pair in enumerate(merges, 1) if len(pair) != 2), None)
+    if bad is not None:
+        raise LogahError(f"{merges_path}: merge {bad} must be two tokens separated by a space, "
+                         f"got {' '.join(merges[bad - 1])!r}")
+    return vocab.record, merges
 
 
 @functools.lru_cache(maxsize=2)

@@ -49,6 +49,7 @@ class TargetArch(abc.ABC):
     bool; a ``float`` field a finite positive number) before the family's own relations."""
 
     family: ClassVar[str] = ""
+    depth_field: ClassVar[str] = ""     # the field that holds ``depth`` (``with_depth``)
 
     @property
     @abc.abstractmethod
@@ -88,6 +89,10 @@ class TargetArch(abc.ABC):
                         or not math.isfinite(value) or value <= 0):
                     raise LogahError(f"{name}: {f.name} must be a positive number, got {value!r}")
         self.check_relations()
+
+    def with_depth(self, depth: int) -> "TargetArch":
+        """The same architecture with ``depth`` blocks."""
+        return dataclasses.replace(self, **{self.depth_field: depth})
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready record, ``family`` first."""

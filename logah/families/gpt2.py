@@ -26,6 +26,7 @@ class GPT2Arch(TargetArch):
     """A Hugging Face ``GPT2LMHeadModel``. Field names follow ``GPT2Config``; MLP width is 4·n_embd."""
 
     family: ClassVar[str] = "gpt2"
+    depth_field: ClassVar[str] = "n_layer"
     n_layer: int
     n_embd: int
     n_head: int

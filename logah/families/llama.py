@@ -37,6 +37,7 @@ class LlamaArch(TargetArch):
     hidden_size / num_attention_heads, and there are no biases."""
 
     family: ClassVar[str] = "llama"
+    depth_field: ClassVar[str] = "num_hidden_layers"
     num_hidden_layers: int
     hidden_size: int
     num_attention_heads: int

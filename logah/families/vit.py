@@ -26,6 +26,7 @@ class ViTArch(TargetArch):
     """A torchvision ``VisionTransformer``. Field names follow torchvision's constructor."""
 
     family: ClassVar[str] = "vit"
+    depth_field: ClassVar[str] = "num_layers"
     num_layers: int
     hidden_dim: int
     num_heads: int

@@ -14,6 +14,7 @@ import argparse
 import sys
 
 from logah.errors import LogahError
+from logah.io import output_path
 from logah.study.scales import SCALES
 from logah.settings import assignments
 from logah.study.space import parse_param
@@ -31,7 +32,7 @@ def build_parser(study: Study) -> argparse.ArgumentParser:
                    help="smoke: minutes on 2 CPU cores; cpu: about an hour on 2 cores; "
                         "paper: the paper's setting, for a GPU cluster")
     p.add_argument("--task", choices=study.tasks, help=f"target family (default {study.tasks[0]})")
-    p.add_argument("--storage", default="runs/studies",
+    p.add_argument("--storage", default="runs/studies", type=output_path,
                    help="folder holding studies (absolute inside a Ray job; shared by every "
                         "node on a cluster)")
     p.add_argument("--name", help="study name (default: SCRIPT-TASK-PRESET)")
@@ -45,9 +46,9 @@ def build_parser(study: Study) -> argparse.ArgumentParser:
     p.add_argument("--train-workers", type=int, default=1,
                    help="Ray Train workers per GHN training (1: in the trial's process)")
     p.add_argument("--gpu", action="store_true", help="train on GPUs (one per trial or worker)")
-    p.add_argument("--optuna-storage", help="Optuna storage URL (default: SQLite in the study "
+    p.add_argument("--optuna-storage", type=output_path, help="Optuna storage URL (default: SQLite in the study "
                    "folder; postgresql://... to share one study between jobs)")
-    p.add_argument("--ghn-store", metavar="DIR",
+    p.add_argument("--ghn-store", metavar="DIR", type=output_path,
                    help="folder of trained GHNs to share with other studies (default: the study "
                         "folder's ghns/); a GHN whose training config is already there is "
                         "reused, e.g. a transfer study on an init comparison's GHNs")

@@ -45,7 +45,8 @@ from ray.tune.search.optuna import OptunaSearch
 from logah.errors import LogahError
 from logah.finetune import summarize
 from logah.ghn_store import config_key
-from logah.io import dumps, read_json, write_json
+from logah.analysis.tables import check_history, read_study_record
+from logah.io import dumps, write_json
 from logah.provenance import code_digest, package_dir, provenance
 from logah.settings import flatten
 from logah.study.spec import StudyPlan, check_runnable_here, ghn_params
@@ -286,10 +287,7 @@ def _searcher(plan: StudyPlan):
     metrics = [o["column"] for o in plan.objectives]
     modes = [o["mode"] for o in plan.objectives]
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        storage = optuna.storages.RDBStorage(plan.optuna_storage)
-    except Exception as err:   # SQLAlchemy raises many types for a bad URL or an unreachable DB
-        raise LogahError(f"--optuna-storage {plan.optuna_storage}: {err}") from None
+    storage = _optuna_storage(plan)
     searcher = TaggedOptunaSearch(space=_DefineByRun(plan.space),
                                   metric=metrics if len(metrics) > 1 else metrics[0],
                                   mode=modes if len(modes) > 1 else modes[0], sampler=sampler,
@@ -305,6 +303,13 @@ def _searcher(plan: StudyPlan):
                        ("objective", f"best {plan.metric} over fine-tuning ({plan.mode})")):
         study.set_user_attr(key, value)
     return searcher
+
+
+def _optuna_storage(plan: StudyPlan):
+    try:
+        return optuna.storages.RDBStorage(plan.optuna_storage)
+    except Exception as err:   # SQLAlchemy raises many types for a bad URL or an unreachable DB
+        raise LogahError(f"--optuna-storage {plan.optuna_storage}: {err}") from None
 
 
 def _scheduler(plan: StudyPlan):
@@ -392,7 +397,8 @@ def _check_folder(plan: StudyPlan) -> None:
         if not tune.Tuner.can_restore(str(tune_dir)):
             raise LogahError(f"cannot resume: {plan.study_dir} holds no study run "
                              f"(run it without --resume first)")
-        saved = read_json(plan.study_dir / STUDY_FILE, "study record")
+        saved = read_study_record(plan.study_dir / STUDY_FILE)
+        check_history(saved, plan.study_dir / STUDY_FILE)     # what the resumed run continues
         if saved.get("folder") and Path(saved["folder"]) != plan.study_dir:
             raise LogahError(f"cannot resume {plan.study_dir}: the study ran in {saved['folder']} "
                              f"and was moved (its Tune and Optuna state name that folder); "
@@ -481,14 +487,18 @@ def run_study(plan: StudyPlan) -> pd.DataFrame:
     # are off
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
-    new = not plan.study_dir.exists()
+    if plan.options.optuna_storage:     # a database of the user's: reachable before Ray starts
+        _optuna_storage(plan)
+    # the outermost folder this set-up creates (the study's, or --storage itself): removed
+    # again if the study fails before any trial started
+    created = next((p for p in reversed((plan.study_dir, *plan.study_dir.parents)) if not p.exists()), None)
     _create_folder(plan)
     try:
         with open(plan.study_dir / LOCK_FILE, "a") as lock:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                new = False       # another process's study: not ours to remove
+                created = None    # another process's study: not ours to remove
                 raise LogahError(f"study {plan.study_dir} is being run by another process") from None
             snapshot, digest = connect_ray()
             import ray
@@ -496,8 +506,8 @@ def run_study(plan: StudyPlan) -> pd.DataFrame:
             resources, limit = _trial_resources(plan, ray.cluster_resources())
             return _run_locked(plan, resources, limit, started, snapshot, digest)
     except BaseException:
-        if new and not (plan.study_dir / TRIALS_DIR).exists():   # no trial ever started
-            shutil.rmtree(plan.study_dir, ignore_errors=True)
+        if created is not None and not (plan.study_dir / TRIALS_DIR).exists():   # no trial started
+            shutil.rmtree(created, ignore_errors=True)
         raise
 
 
@@ -533,7 +543,7 @@ class _Segments:
         if finished:
             self.current["finished_at"] = now()
         segments = self.earlier + ([self.current] if ran else [])
-        record = read_json(self.path, "study record")
+        record = read_study_record(self.path)
         record.update(segments=segments, wall_s=sum(s.get("wall_s") or 0.0 for s in segments),
                       finished_at=(self.current["finished_at"] if ran else self.previous_finish))
         write_json(self.path, record)
@@ -553,7 +563,7 @@ def _warn_if_code_changed(plan: StudyPlan, previous: dict, code: dict) -> None:
 
 def _run_locked(plan: StudyPlan, resources: dict, limit: int, started: float,
                 snapshot: str, digest: str) -> pd.DataFrame:
-    previous = read_json(plan.study_dir / STUDY_FILE, "study record") if plan.options.resume else {}
+    previous = read_study_record(plan.study_dir / STUDY_FILE) if plan.options.resume else {}
     record = provenance(snapshot, digest)
     if plan.options.resume:
         _warn_if_code_changed(plan, previous, record["code"])

@@ -67,7 +67,9 @@ class IntRange:
     step: int = 1
 
     def check(self, name: str) -> None:
-        if self.step <= 0 or self.low > self.high:
+        if self.step <= 0:
+            raise LogahError(f"search space: {name} has step {self.step}; a step must be a positive integer")
+        if self.low > self.high:
             raise LogahError(f"search space: {name} is an empty range "
                              f"[{self.low}, {self.high}] (step {self.step})")
 
@@ -160,8 +162,12 @@ def parse_param(text: str) -> Param:
         if len(parts) not in (2, 3) or not all(parts):
             raise LogahError(f"cannot read range {text!r}: use lo:hi, lo:hi:step or lo:hi:log")
         log = len(parts) == 3 and parts[2] == "log"
+        real = any(c in "".join(parts[:2]) for c in ".eE") or log
+        if real and len(parts) == 3 and not log:
+            raise LogahError(f"cannot read range {text!r}: a range of reals takes no step "
+                             f"({parts[2]!r}); use lo:hi, lo:hi:log, or list the values a,b,c")
         try:
-            if any(c in "".join(parts[:2]) for c in ".eE") or log:
+            if real:
                 return FloatRange(float(parts[0]), float(parts[1]), log=log)
             return IntRange(int(parts[0]), int(parts[1]), int(parts[2]) if len(parts) == 3 else 1)
         except ValueError:

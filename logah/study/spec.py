@@ -199,7 +199,10 @@ def plan_study(study: Study, options: StudyOptions) -> StudyPlan:
     # the trials themselves: one that fails is recorded as failed and the study goes on)
     for param_name, param in space.items():
         for value in param.corners():
-            plan.trial_config({param_name: value})
+            try:
+                plan.trial_config({param_name: value})
+            except LogahError as err:
+                raise LogahError(f"swept {param_name}={value} gives no valid trial: {err}") from None
     if plan.ghn_store.exists() and not plan.ghn_store.is_dir():
         raise LogahError(f"--ghn-store {plan.ghn_store} is a file, not a folder of GHNs")
     return plan

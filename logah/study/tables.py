@@ -26,7 +26,9 @@ from pathlib import Path
 import pandas as pd
 
 from logah.analysis.stats import pareto_mask
-from logah.io import atomic_file, read_json, write_json
+from logah.analysis.tables import empty_steps, read_study_record
+from logah.errors import LogahError
+from logah.io import Fields, atomic_file, read_json, write_json
 from logah.study.space import flatten
 from logah.runs import METRICS_FILE, read_metrics
 
@@ -45,9 +47,22 @@ def write_record(folder: Path, record: dict) -> None:
     write_json(folder / RECORD_FILE, record)
 
 
+# the fields of a trial's record.json (``logah.study.runner.study_trial`` writes it) and their types
+TRIAL_RECORD = {"trial_id": str, "status": str, "error": str, "settings": dict, "config": dict,
+                "summary": dict, "metric": str, "mode": str, "segment": str, "attempt": int,
+                "user_error": bool, "ghn_params": float, "ghn_key": str, "wall_s": float,
+                "stopped_early": bool, "started_at": str, "finished_at": str}
+
+
 def read_record(folder: Path) -> dict | None:
+    """A trial's record (None before it has one), its fields' types checked."""
     path = folder / RECORD_FILE
-    return read_json(path, "trial record") if path.is_file() else None
+    if not path.is_file():
+        return None
+    record = Fields(read_json(path, "trial record"), path).check(TRIAL_RECORD, required=("trial_id", "status"))
+    if record["status"] not in STATUSES:
+        raise LogahError(f"{path}: status must be one of {', '.join(STATUSES)}, got {record['status']!r}")
+    return record
 
 
 def _cell(value):
@@ -94,7 +109,7 @@ def step_rows(study_dir: Path, record: dict, ghn_store: Path) -> list[dict]:
 def study_record(study_dir: Path) -> dict:
     """``study.json`` of ``study_dir``, or {} before the study has written it."""
     path = study_dir / STUDY_FILE
-    return read_json(path, "study record") if path.is_file() else {}
+    return read_study_record(path) if path.is_file() else {}
 
 
 def ghn_store_of(study_dir: Path, record: dict) -> Path:
@@ -112,6 +127,8 @@ def collect(study_dir: Path, record: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
     ghn_store = ghn_store_of(study_dir, record)
     trials = pd.DataFrame([trial_row(r) for r in records])
     steps = pd.DataFrame([row for r in records for row in step_rows(study_dir, r, ghn_store)])
+    if steps.empty:    # no trial reported a step (all failed at once): still a step table
+        steps = empty_steps()
     return trials, steps
 
 
