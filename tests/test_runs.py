@@ -147,6 +147,10 @@ def test_two_runs_on_one_folder_only_one_proceeds(tmp_path):
             assert second.stderr.strip().splitlines() == [
                 f"logah train-ghn: error: output {out} is in use by another run (one run per folder)"]
         assert first.poll() is None                # the first one is unharmed
+        # stopped once it trains (it reported a step): an interrupt during its start-up, inside
+        # a library's imports or data set-up, is not what this test is about
+        while not (out / "metrics.jsonl").exists() and time.monotonic() < deadline + 180:
+            time.sleep(0.2)
     finally:
         first.send_signal(signal.SIGINT)
         first.wait(timeout=120)
