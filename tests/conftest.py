@@ -1,9 +1,17 @@
 """Shared small targets and GHNs. Real torchvision / Hugging Face modules, tiny sizes."""
 
 import os
+import signal
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+# Tests stop the runs they start with SIGINT (Ctrl-C). A shell that runs the suite in the
+# background (`make test &`) starts it with SIGINT ignored, which every child would inherit, and
+# Python does not turn an ignored SIGINT into KeyboardInterrupt: give it a handler here, which
+# the children's exec resets to the default.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 import pytest  # noqa: E402
 
