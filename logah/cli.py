@@ -16,7 +16,7 @@ import warnings
 from pathlib import Path
 
 from logah.cli_settings import Alias, add_setting_options, settings_from_args
-from logah.errors import LogahError
+from logah.errors import LogahError, print_error
 from logah.io import output_path
 
 
@@ -152,6 +152,8 @@ FINETUNE_ALIASES = [
           "its predicted classifier (same width only; default: re-initialised, as in the paper)"),
     Alias("--init-noise", "init_noise", "ghn3 / logah: add ALPHA x the target's default init to "
           "every predicted weight matrix (not the paper's)"),
+    Alias("--null-fill", "null_fill", "ghn3 / logah: add BETA x the part of the target's default "
+          "init outside each predicted matrix's directions (not the paper's)"),
     Alias("--seed", "seed", "seed of everything random"),
 ]
 
@@ -276,7 +278,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     config = FinetuneConfig.from_dict(record)
     metrics = evaluate_init(config.arch, config.init, config.data, ghn=config.ghn,
                             seed=config.seed, device="cuda" if args.gpu else "cpu",
-                            keep_classifier=config.keep_classifier, init_noise=config.init_noise)
+                            keep_classifier=config.keep_classifier, init_noise=config.init_noise,
+                            null_fill=config.null_fill)
     print(json.dumps({"target": args.target, "init": config.init, "ghn": config.ghn,
                       "dataset": config.data.dataset, **metrics}))
     _check_finite_result(metrics, list(metrics), None)
@@ -457,18 +460,18 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except LogahError as err:
         command = next((a for a in argv if not a.startswith("-")), None)
-        print(f"logah{' ' + command if command else ''}: error: {err}", file=sys.stderr)
+        print_error(f"logah{' ' + command if command else ''}", err)
         return 2
     try:
         with warnings.catch_warnings():       # the one-line format for this command only
             warnings.showwarning = _one_line_warning(f"logah {args.command}")
             args.func(args)
     except LogahError as err:
-        print(f"logah {args.command}: error: {err}", file=sys.stderr)
+        print_error(f"logah {args.command}", err)
         return 2
     except OSError as err:   # the operating system refused a path: bad input, not a bug
         where = f"{err.filename}: " if err.filename else ""
-        print(f"logah {args.command}: error: {where}{err.strerror or err}", file=sys.stderr)
+        print_error(f"logah {args.command}", err, f"{where}{err.strerror or err}")
         return 2
     except KeyboardInterrupt:
         print(f"logah {args.command}: interrupted", file=sys.stderr)

@@ -80,6 +80,7 @@ class FinetuneConfig(ConfigRecord):
     seed: int = 0
     keep_classifier: bool = False      # a GHN trained on another dataset: keep its classifier
     init_noise: float = 0.0            # GHN inits: + init_noise × the default init (logah.inits)
+    null_fill: float = 0.0             # GHN inits: + null_fill × that init outside the prediction's directions
     # mimetic init (logah.mimetic): W_q W_kᵀ ≈ α Z + β I, W_v W_o ≈ α Z − β I; the paper's values
     mimetic_qk_alpha: float = 0.7
     mimetic_qk_beta: float = 0.7
@@ -97,6 +98,7 @@ class FinetuneConfig(ConfigRecord):
     bounds = {"lr": POSITIVE, "momentum": FRACTION, "weight_decay": NON_NEGATIVE,
               "warmup_steps": NON_NEGATIVE, "steps": POSITIVE, "grad_clip": NON_NEGATIVE,
               "eval_every": POSITIVE, "seed": SEED, "init_noise": NON_NEGATIVE,
+              "null_fill": NON_NEGATIVE,
               "mimetic_qk_alpha": POSITIVE, "mimetic_qk_beta": NON_NEGATIVE,
               "mimetic_vo_alpha": POSITIVE, "mimetic_vo_beta": NON_NEGATIVE}
 
@@ -106,6 +108,7 @@ class FinetuneConfig(ConfigRecord):
         if self.optimizer not in ("sgd", "adamw"):
             raise LogahError(f"finetune config: optimizer must be sgd or adamw, got {self.optimizer!r}")
         check_init_noise(self.init, self.init_noise)   # a study refuses it before any trial
+        check_init_noise(self.init, self.null_fill, "null_fill")
         check_mimetic(self.init, MimeticScalars.of(self))
 
 
@@ -213,7 +216,8 @@ def initialised_target(config: FinetuneConfig, *, device: torch.device, copies: 
     model = initial_model(arch, config.init, ghn=config.ghn, seed=config.seed,
                           device=device, task=task,
                           keep_classifier=config.keep_classifier,
-                          init_noise=config.init_noise, mimetic=MimeticScalars.of(config))
+                          init_noise=config.init_noise, null_fill=config.null_fill,
+                          mimetic=MimeticScalars.of(config))
     return task, arch, model
 
 
@@ -239,13 +243,14 @@ def training_copies(optimizer: str) -> int:
 @torch.no_grad()
 def evaluate_init(target: Arch, init: str, data: DataConfig, *, ghn: str | Path | None = None,
                   seed: int = 0, device: str | torch.device = "cpu",
-                  keep_classifier: bool = False, init_noise: float = 0.0) -> dict[str, float]:
+                  keep_classifier: bool = False, init_noise: float = 0.0,
+                  null_fill: float = 0.0) -> dict[str, float]:
     """Metrics of ``target`` as ``init`` leaves it, with no fine-tuning, on ``data.eval_split``:
     the zero-shot figure of a GHN (what step 0 of a fine-tuning run reports, on any split and
     any number of batches). Keys are prefixed with the split: ``test_accuracy``, ``val_perplexity``."""
     config = FinetuneConfig(target=target.to_dict(), init=init, ghn=None if ghn is None else str(ghn),
                             data=data, seed=seed, keep_classifier=keep_classifier,
-                            init_noise=init_noise)
+                            init_noise=init_noise, null_fill=null_fill)
     config.validate()
     device = resolve_device(device)
     task, arch, net = initialised_target(config, device=device, copies=2, what="evaluating")

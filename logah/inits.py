@@ -21,6 +21,12 @@ matrix. A low-rank decoder's prediction has rank ≤ r in every matrix (r = 16 o
 the CPU preset on ``vit-cpu-target``), so fine-tuning must build the other directions from zero;
 the perturbation gives them the random init's start while keeping the prediction's.
 
+``null_fill`` = β > 0 (not the paper's either) adds only the part of β × that default init that
+lies outside the prediction's row and column spaces, ``(I − U Uᵀ) D (I − V Vᵀ)`` with U, V the
+prediction's singular vectors (``null_space_part``): the r predicted directions stay exactly as
+the GHN made them, the empty ones start at the default init's scale, and the layers, predicted
+alike, differ in what was empty. ``init_noise`` changes the predicted directions too.
+
 Transfer (docs/design.md §3.5): a GHN trained on dataset A initialises a target for dataset B. What
 of the prediction is kept then (classifier, embeddings of another tokenizer) and what is refused
 or warned about is decided in ``logah.transfer``.
@@ -53,6 +59,27 @@ def is_weight_matrix(name: str, param: torch.Tensor) -> bool:
     return name.endswith("weight") and param.dim() >= 2
 
 
+# singular values below this share of a matrix's largest count as empty directions: a low-rank
+# decoder's prediction has r singular values of its own scale and the rest at float32 round-off
+NULL_TOLERANCE = 1e-4
+
+
+def null_space_part(prediction: torch.Tensor, default: torch.Tensor,
+                    tolerance: float = NULL_TOLERANCE) -> torch.Tensor:
+    """The part of ``default`` outside the column and row spaces of ``prediction`` (both read as
+    matrices of ``shape[0]`` rows): ``(I − U Uᵀ) default (I − V Vᵀ)`` where U, V are the singular
+    vectors of ``prediction`` whose singular value exceeds ``tolerance`` × its largest. Adding
+    it leaves ``prediction``'s own directions unchanged: ``Uᵀ part = 0`` and ``part V = 0``."""
+    matrix = prediction.detach().reshape(prediction.shape[0], -1).double()
+    fill = default.detach().reshape(matrix.shape).double()
+    u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
+    kept = s > tolerance * s.max() if s.numel() and s.max() > 0 else torch.zeros_like(s, dtype=torch.bool)
+    u, v = u[:, kept], vh[kept].T
+    fill = fill - u @ (u.T @ fill)
+    fill = fill - (fill @ v) @ v.T
+    return fill.reshape(prediction.shape).to(prediction.dtype)
+
+
 def orthogonalize(model: nn.Module, seed: int) -> nn.Module:
     """Replace every weight matrix of ``model`` by a (semi-)orthogonal one, in place."""
     generator = torch.Generator().manual_seed(seed)
@@ -68,10 +95,11 @@ def orthogonalize(model: nn.Module, seed: int) -> nn.Module:
 def predicted_model(arch: Arch, ghn_path: str | Path, seed: int,
                     expect_decoder: str | None = None, *, dataset: str | None = None,
                     tokenizer=None, keep_classifier: bool = False,
-                    init_noise: float = 0.0) -> nn.Module:
+                    init_noise: float = 0.0, null_fill: float = 0.0) -> nn.Module:
     """``arch`` with parameters predicted by the GHN checkpoint at ``ghn_path``, for ``dataset``
     read with ``tokenizer`` (both optional: they decide what ``logah.transfer`` re-initialises),
-    each weight matrix plus ``init_noise`` × its default init of ``seed``."""
+    each weight matrix plus ``init_noise`` × its default init of ``seed`` and ``null_fill`` × the
+    part of that default init outside the prediction's directions (module docstring)."""
     from logah.checkpoint import is_checkpoint, load_ghn
     from logah.predict import materialize, predict_params
     from logah.transfer import check_target, reinitialised
@@ -88,11 +116,15 @@ def predicted_model(arch: Arch, ghn_path: str | Path, seed: int,
                                                    tokenizer=tokenizer,
                                                    keep_classifier=keep_classifier)
                    if name in params]   # a tied LM head has no parameter of its own
-    if fresh_names or init_noise:
+    if fresh_names or init_noise or null_fill:
         fresh = {name: value.detach() for name, value in default_model(arch, seed).named_parameters()}
-        if init_noise:
-            params.update({name: value + init_noise * fresh[name] for name, value in params.items()
-                           if is_weight_matrix(name, value) and name not in fresh_names})
+        perturbed = [name for name, value in params.items()
+                     if is_weight_matrix(name, value) and name not in fresh_names]
+        for name in perturbed:
+            if null_fill:     # read off the prediction alone, before any noise is added
+                params[name] = params[name] + null_fill * null_space_part(params[name], fresh[name])
+            if init_noise:
+                params[name] = params[name] + init_noise * fresh[name]
         params.update({name: fresh[name] for name in fresh_names})
     return _trainable(materialize(arch, params))
 
@@ -114,12 +146,13 @@ def _trainable(model: nn.Module) -> nn.Module:
     return model
 
 
-def check_init_noise(init: str, init_noise: float) -> None:
-    """``init_noise`` is a number ≥ 0, and > 0 only for a GHN init (it perturbs a prediction)."""
+def check_init_noise(init: str, init_noise: float, name: str = "init_noise") -> None:
+    """``init_noise`` (or ``null_fill``, as ``name``) is a number ≥ 0, and > 0 only for a GHN
+    init (it perturbs a prediction)."""
     if not init_noise >= 0:   # NaN too
-        raise LogahError(f"init_noise must be a number ≥ 0, got {init_noise!r}")
+        raise LogahError(f"{name} must be a number ≥ 0, got {init_noise!r}")
     if init_noise and init not in GHN_INITS:
-        raise LogahError(f"init_noise perturbs a GHN prediction; init {init!r} has none (use "
+        raise LogahError(f"{name} perturbs a GHN prediction; init {init!r} has none (use "
                          f"{' or '.join(GHN_INITS)})")
 
 
@@ -149,14 +182,15 @@ def check_mimetic(init: str, mimetic: MimeticScalars | None) -> None:
 
 def initial_model(arch: Arch, init: str, *, ghn: str | Path | None = None, seed: int = 0,
                   device: str | torch.device = "cpu", task=None,
-                  keep_classifier: bool = False, init_noise: float = 0.0,
+                  keep_classifier: bool = False, init_noise: float = 0.0, null_fill: float = 0.0,
                   mimetic: MimeticScalars | None = None) -> nn.Module:
     """``arch`` initialised by ``init`` (one of ``INIT_KINDS`` or a predicted-parameters folder).
     ``task`` (``logah.tasks``): the data the target is for, which a GHN init's transfer rules
-    read (``logah.transfer``) and ``lsuv`` takes its batch from. ``init_noise``: GHN inits only
-    (see the module docstring). ``mimetic``: the scalars of the mimetic init (default: the
+    read (``logah.transfer``) and ``lsuv`` takes its batch from. ``init_noise``, ``null_fill``:
+    GHN inits only (see the module docstring). ``mimetic``: the scalars of the mimetic init (default: the
     paper's)."""
     check_init_noise(init, init_noise)
+    check_init_noise(init, null_fill, "null_fill")
     check_mimetic(init, mimetic)
     if init == "random":
         model = default_model(arch, seed)
@@ -172,7 +206,8 @@ def initial_model(arch: Arch, init: str, *, ghn: str | Path | None = None, seed:
         model = predicted_model(arch, ghn, seed, GHN_INITS[init],
                                 dataset=task.data.dataset if task is not None else None,
                                 tokenizer=getattr(task, "tokenizer", None),
-                                keep_classifier=keep_classifier, init_noise=init_noise)
+                                keep_classifier=keep_classifier, init_noise=init_noise,
+                                null_fill=null_fill)
     elif Path(init).is_dir():
         model = saved_model(arch, init)
     else:

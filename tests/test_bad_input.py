@@ -574,3 +574,22 @@ def test_a_nan_result_never_exits_0(tmp_path, capsys, monkeypatch, command):
     assert main(args + (["--out", str(tmp_path / "out")] if command == "finetune" else [])) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and re.search(r"error: the run's result is not a number: \w+_accuracy nan", err[0]), err
+
+
+def test_logah_debug_shows_the_cause_that_the_one_line_message_hides(tmp_path, capsys, monkeypatch):
+    """A library's exception behind a LogahError is hidden from users (``from None``) and shown,
+    with the whole traceback, to a developer who sets LOGAH_DEBUG=1; the last line is the same."""
+    settings = tmp_path / "settings.json"
+    settings.write_text("{not json")
+    argv = ["finetune", "--target", json.dumps(TINY_VIT), "--config", str(settings), "--out",
+            str(tmp_path / "out")]
+    monkeypatch.delenv("LOGAH_DEBUG", raising=False)
+    assert main(argv) == 2
+    quiet = capsys.readouterr().err
+    assert "Traceback" not in quiet and "not a JSON file" in quiet
+    monkeypatch.setenv("LOGAH_DEBUG", "1")
+    assert main(argv) == 2
+    loud = capsys.readouterr().err
+    assert "Traceback" in loud and "json.decoder.JSONDecodeError" in loud
+    assert loud.strip().splitlines()[-1] == quiet.strip()
+    assert not (tmp_path / "out").exists()

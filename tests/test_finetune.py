@@ -129,6 +129,44 @@ def test_init_noise_adds_the_seeded_default_init_to_every_predicted_weight_matri
         ft_config("vit", init="random", init_noise=0.5).validate()
 
 
+def test_null_fill_keeps_the_predicted_directions_and_fills_the_rest_at_the_default_scale(ghns):
+    """Each predicted matrix W becomes W + β (I − U Uᵀ) D (I − V Vᵀ): W's own singular directions
+    are untouched, the matrix is full rank, the fill is D's part outside them, and layers that
+    the GHN predicted alike now differ."""
+    folder = ghns["vit", "low-rank"]
+    rank = load_ghn(folder).config.rank
+    predicted = predict_params(load_ghn(folder), SMALL_VIT)
+    default = dict(default_model(SMALL_VIT, seed=5).named_parameters())
+    params = {n: p.detach() for n, p in initial_model(SMALL_VIT, "logah", ghn=folder, seed=5,
+                                                       null_fill=1.0).named_parameters()}
+    names = [n for n in params if n.endswith("out_proj.weight")]             # 32 x 32, 2 layers
+    for name in names:
+        w, filled, d = predicted[name].double(), params[name].double(), default[name].detach().double()
+        u, s, vh = torch.linalg.svd(w)
+        kept = s > 1e-4 * s.max()
+        assert 0 < kept.sum() <= rank < 32
+        u, v = u[:, kept], vh[kept].T
+        fill = filled - w
+        torch.testing.assert_close(u.T @ fill, torch.zeros_like(u.T @ fill), atol=1e-5, rtol=0)
+        torch.testing.assert_close(fill @ v, torch.zeros_like(fill @ v), atol=1e-5, rtol=0)
+        outside = (torch.eye(32, dtype=torch.double) - u @ u.T) @ d @ (torch.eye(32, dtype=torch.double) - v @ v.T)
+        torch.testing.assert_close(fill, outside, atol=1e-5, rtol=1e-4)
+        assert torch.linalg.matrix_rank(filled) == 32
+        # most of D's energy is outside a rank-r subspace of 32 dimensions: the fill is at its scale
+        assert fill.norm() > 0.5 * d.norm()
+    similarity = torch.nn.functional.cosine_similarity(params[names[0]].flatten(),
+                                                       params[names[1]].flatten(), dim=0)
+    predicted_similarity = torch.nn.functional.cosine_similarity(predicted[names[0]].flatten(),
+                                                                 predicted[names[1]].flatten(), dim=0)
+    assert similarity < predicted_similarity - 0.05     # 0.76 -> 0.67 for this GHN and seed
+    for name in ("encoder.layers.encoder_layer_0.ln_1.weight", "encoder.pos_embedding"):
+        torch.testing.assert_close(params[name], predicted[name], msg=name)   # not matrices: kept
+    with pytest.raises(LogahError, match="null_fill perturbs a GHN prediction"):
+        ft_config("vit", init="mimetic", null_fill=1.0).validate()
+    with pytest.raises(LogahError, match="null_fill must be a number"):
+        initial_model(SMALL_VIT, "logah", ghn=folder, null_fill=-1.0)
+
+
 def test_transfer_to_a_dataset_with_more_classes_reinitialises_the_classifier(ghns, tmp_path):
     """A GHN trained on digits (10 classes) initialises a ViT for CIFAR-100 (100 classes)."""
     data = DataConfig(dataset="cifar100-sample", batch_size=8, eval_batches=1)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from logah.errors import LogahError
+from logah.errors import LogahError, print_error
 from logah.io import output_path
 from logah.study.scales import SCALES
 from logah.settings import assignments
@@ -87,7 +87,7 @@ def main(study: Study, argv: list[str] | None = None) -> int:
 
         table = run_study(plan)
     except LogahError as err:
-        print(f"{study.name}: error: {err}", file=sys.stderr)
+        print_error(study.name, err)
         return 2
     if not table.empty:
         print_summary(plan, table)
