@@ -129,11 +129,11 @@ def main() -> None:
                 after = run_child(ROOT, spec, args.steps, args.step_steps, 0)
                 workers = run_child(ROOT, spec, args.steps, 0, args.workers)
                 rows.append({"shape": name, "before": before, "after": after, "workers": workers})
-                write_results(args, rows)      # after every row: a later failure keeps these
+                lines = write_results(args, rows)   # after every row: a later failure keeps these
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(before_tree)], cwd=ROOT,
                            check=False, capture_output=True)
-    print("\n".join(write_results(args, rows)))
+    print("\n".join(lines))
 
 
 def write_results(args: argparse.Namespace, rows: list[dict]) -> list[str]:

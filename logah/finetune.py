@@ -38,7 +38,7 @@ import torch
 
 from logah.devices import check_memory, resolve_device
 from logah.errors import LogahError
-from logah.inits import check_init_noise, check_mimetic, initial_model
+from logah.inits import check_perturbation, check_mimetic, initial_model
 from logah.mimetic import MimeticScalars
 from logah.families import family_of, finetune_presets
 from logah.graph import check_graph_size
@@ -107,8 +107,8 @@ class FinetuneConfig(ConfigRecord):
         self.arch.validate()
         if self.optimizer not in ("sgd", "adamw"):
             raise LogahError(f"finetune config: optimizer must be sgd or adamw, got {self.optimizer!r}")
-        check_init_noise(self.init, self.init_noise)   # a study refuses it before any trial
-        check_init_noise(self.init, self.null_fill, "null_fill")
+        check_perturbation(self.init, self.init_noise)   # a study refuses it before any trial
+        check_perturbation(self.init, self.null_fill, "null_fill")
         check_mimetic(self.init, MimeticScalars.of(self))
 
 

@@ -146,12 +146,12 @@ def _trainable(model: nn.Module) -> nn.Module:
     return model
 
 
-def check_init_noise(init: str, init_noise: float, name: str = "init_noise") -> None:
-    """``init_noise`` (or ``null_fill``, as ``name``) is a number ≥ 0, and > 0 only for a GHN
-    init (it perturbs a prediction)."""
-    if not init_noise >= 0:   # NaN too
-        raise LogahError(f"{name} must be a number ≥ 0, got {init_noise!r}")
-    if init_noise and init not in GHN_INITS:
+def check_perturbation(init: str, amount: float, name: str = "init_noise") -> None:
+    """A perturbation of a prediction (``init_noise`` or ``null_fill``, as ``name``) is a number
+    ≥ 0, and > 0 only for a GHN init."""
+    if not amount >= 0:   # NaN too
+        raise LogahError(f"{name} must be a number ≥ 0, got {amount!r}")
+    if amount and init not in GHN_INITS:
         raise LogahError(f"{name} perturbs a GHN prediction; init {init!r} has none (use "
                          f"{' or '.join(GHN_INITS)})")
 
@@ -189,8 +189,8 @@ def initial_model(arch: Arch, init: str, *, ghn: str | Path | None = None, seed:
     read (``logah.transfer``) and ``lsuv`` takes its batch from. ``init_noise``, ``null_fill``:
     GHN inits only (see the module docstring). ``mimetic``: the scalars of the mimetic init (default: the
     paper's)."""
-    check_init_noise(init, init_noise)
-    check_init_noise(init, null_fill, "null_fill")
+    check_perturbation(init, init_noise)
+    check_perturbation(init, null_fill, "null_fill")
     check_mimetic(init, mimetic)
     if init == "random":
         model = default_model(arch, seed)
