@@ -154,6 +154,10 @@ FINETUNE_ALIASES = [
           "every predicted weight matrix (not the paper's)"),
     Alias("--null-fill", "null_fill", "ghn3 / logah: add BETA x the part of the target's default "
           "init outside each predicted matrix's directions (not the paper's)"),
+    Alias("--mimetic-attention", "mimetic_attention", "ghn3 / logah: mimetic attention layers, "
+          "the prediction everywhere else (not the paper's)"),
+    Alias("--unit-variance", "unit_variance", "after the init (not lsuv): rescale every layer "
+          "to unit output variance on the first batch, LSUV's second step"),
     Alias("--seed", "seed", "seed of everything random"),
 ]
 
@@ -268,7 +272,7 @@ def _cmd_finetune(args: argparse.Namespace) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
-    from logah.finetune import FinetuneConfig, evaluate_init
+    from logah.finetune import FinetuneConfig, evaluate_initialised
     from logah.settings import with_settings
 
     settings = settings_from_args(args, FINETUNE_ALIASES)
@@ -276,10 +280,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
                            {"init": "logah", "data.eval_batches": 0, **settings})
     record["data"]["eval_split"] = args.split
     config = FinetuneConfig.from_dict(record)
-    metrics = evaluate_init(config.arch, config.init, config.data, ghn=config.ghn,
-                            seed=config.seed, device="cuda" if args.gpu else "cpu",
-                            keep_classifier=config.keep_classifier, init_noise=config.init_noise,
-                            null_fill=config.null_fill)
+    metrics = evaluate_initialised(config, "cuda" if args.gpu else "cpu")
     print(json.dumps({"target": args.target, "init": config.init, "ghn": config.ghn,
                       "dataset": config.data.dataset, **metrics}))
     _check_finite_result(metrics, list(metrics), None)

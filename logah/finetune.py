@@ -38,7 +38,7 @@ import torch
 
 from logah.devices import check_memory, resolve_device
 from logah.errors import LogahError
-from logah.inits import check_perturbation, check_mimetic, initial_model
+from logah.inits import check_mimetic, check_perturbation, check_unit_variance, initial_model
 from logah.mimetic import MimeticScalars
 from logah.families import family_of, finetune_presets
 from logah.graph import check_graph_size
@@ -81,6 +81,8 @@ class FinetuneConfig(ConfigRecord):
     keep_classifier: bool = False      # a GHN trained on another dataset: keep its classifier
     init_noise: float = 0.0            # GHN inits: + init_noise × the default init (logah.inits)
     null_fill: float = 0.0             # GHN inits: + null_fill × that init outside the prediction's directions
+    mimetic_attention: bool = False    # GHN inits: mimetic attention instead of the predicted one
+    unit_variance: bool = False        # after the init (not lsuv): LSUV's unit-variance scaling
     # mimetic init (logah.mimetic): W_q W_kᵀ ≈ α Z + β I, W_v W_o ≈ α Z − β I; the paper's values
     mimetic_qk_alpha: float = 0.7
     mimetic_qk_beta: float = 0.7
@@ -109,7 +111,8 @@ class FinetuneConfig(ConfigRecord):
             raise LogahError(f"finetune config: optimizer must be sgd or adamw, got {self.optimizer!r}")
         check_perturbation(self.init, self.init_noise)   # a study refuses it before any trial
         check_perturbation(self.init, self.null_fill, "null_fill")
-        check_mimetic(self.init, MimeticScalars.of(self))
+        check_mimetic(self.init, MimeticScalars.of(self), self.mimetic_attention)
+        check_unit_variance(self.init, self.unit_variance)
 
 
 # Optimisation settings by name (``vit-cpu``, ``gpt2-paper``, ``llama-cpu``, ...): each family's
@@ -217,7 +220,9 @@ def initialised_target(config: FinetuneConfig, *, device: torch.device, copies: 
                           device=device, task=task,
                           keep_classifier=config.keep_classifier,
                           init_noise=config.init_noise, null_fill=config.null_fill,
-                          mimetic=MimeticScalars.of(config))
+                          mimetic=MimeticScalars.of(config),
+                          mimetic_attention=config.mimetic_attention,
+                          unit_variance=config.unit_variance)
     return task, arch, model
 
 
@@ -240,23 +245,27 @@ def training_copies(optimizer: str) -> int:
     return 3 + (2 if optimizer == "adamw" else 1)
 
 
-@torch.no_grad()
 def evaluate_init(target: Arch, init: str, data: DataConfig, *, ghn: str | Path | None = None,
-                  seed: int = 0, device: str | torch.device = "cpu",
-                  keep_classifier: bool = False, init_noise: float = 0.0,
-                  null_fill: float = 0.0) -> dict[str, float]:
+                  seed: int = 0, device: str | torch.device = "cpu", **options) -> dict[str, float]:
     """Metrics of ``target`` as ``init`` leaves it, with no fine-tuning, on ``data.eval_split``:
     the zero-shot figure of a GHN (what step 0 of a fine-tuning run reports, on any split and
-    any number of batches). Keys are prefixed with the split: ``test_accuracy``, ``val_perplexity``."""
+    any number of batches). ``options``: the init's other ``FinetuneConfig`` settings
+    (``null_fill``, ``unit_variance``, ...). Keys are prefixed with the split:
+    ``test_accuracy``, ``val_perplexity``."""
     config = FinetuneConfig(target=target.to_dict(), init=init, ghn=None if ghn is None else str(ghn),
-                            data=data, seed=seed, keep_classifier=keep_classifier,
-                            init_noise=init_noise, null_fill=null_fill)
+                            data=data, seed=seed, **options)
+    return evaluate_initialised(config, device)
+
+
+@torch.no_grad()
+def evaluate_initialised(config: FinetuneConfig, device: str | torch.device = "cpu") -> dict[str, float]:
+    """``evaluate_init`` of the target and init a fine-tuning config describes."""
     config.validate()
     device = resolve_device(device)
     task, arch, net = initialised_target(config, device=device, copies=2, what="evaluating")
     net.eval()
     scores = task.evaluate(lambda x: forward(net, arch, x), device)
-    return {f"{data.eval_split}_{name}": value for name, value in scores.items()}
+    return {f"{config.data.eval_split}_{name}": value for name, value in scores.items()}
 
 
 def target_metric(arch: Arch) -> tuple[str, str]:

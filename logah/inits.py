@@ -27,6 +27,19 @@ prediction's singular vectors (``null_space_part``): the r predicted directions 
 the GHN made them, the empty ones start at the default init's scale, and the layers, predicted
 alike, differ in what was empty. ``init_noise`` changes the predicted directions too.
 
+Two more levers of the init studies, steps applied after the init:
+
+* ``mimetic_attention`` (GHN inits): every attention layer given the mimetic structure
+  (``logah.mimetic``, with the same scalars) instead of the predicted one; the rest of the
+  network keeps the prediction. The GHN predicts one attention block for every layer, of rank r;
+  this start has different, full-rank attention per layer and the GHN's MLPs, embeddings and
+  classifier.
+* ``unit_variance`` (every init but ``lsuv``, which is orthogonal + this step): LSUV's
+  second step on whatever the init left — every layer rescaled in forward order to unit output
+  variance on the first training batch (``logah.lsuv``). The GHN's prediction has its own scale
+  per layer (its MLP output matrices are 3× smaller than the default init's on ViT); this keeps
+  its directions and gives it LSUV's scale.
+
 Transfer (docs/design.md §3.5): a GHN trained on dataset A initialises a target for dataset B. What
 of the prediction is kept then (classifier, embeddings of another tokenizer) and what is refused
 or warned about is decided in ``logah.transfer``.
@@ -42,7 +55,8 @@ from torch import nn
 from logah.errors import LogahError
 from logah.init_kinds import GHN_INITS, INIT_KINDS
 from logah.lsuv import lsuv
-from logah.mimetic import MimeticScalars, mimetic_attention
+from logah.mimetic import MimeticScalars
+from logah.mimetic import mimetic_attention as give_mimetic_attention
 from logah.targets import Arch, arch_to_dict, build_model
 
 
@@ -163,41 +177,65 @@ def lsuv_model(arch: Arch, seed: int, task, device: str | torch.device = "cpu") 
         raise LogahError("init 'lsuv' scales the layers on a batch of the fine-tuning data, "
                          "and no task was given to read it from")
     model = orthogonalize(default_model(arch, seed), seed).to(device)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        inputs, _ = task.batch(0, device)
-    lsuv(model, arch, inputs)
+    lsuv(model, arch, first_batch_inputs(task, seed, device))
     return model
 
 
-def check_mimetic(init: str, mimetic: MimeticScalars | None) -> None:
-    """The mimetic scalars are in range, and differ from the defaults only for ``mimetic``."""
+def check_mimetic(init: str, mimetic: MimeticScalars | None, mimetic_attention: bool = False) -> None:
+    """The mimetic scalars are in range, and differ from the defaults only where they are used:
+    ``mimetic``, or a GHN init with ``mimetic_attention``."""
+    if mimetic_attention and init not in GHN_INITS:
+        raise LogahError(f"mimetic_attention replaces a GHN prediction's attention; init {init!r} "
+                         f"has none (use {' or '.join(GHN_INITS)}; init mimetic is the random init "
+                         f"with mimetic attention)")
     if mimetic is None:
         return
     mimetic.validate()
-    if init != "mimetic" and mimetic != MimeticScalars():
+    if init != "mimetic" and not mimetic_attention and mimetic != MimeticScalars():
         raise LogahError(f"the mimetic settings shape the mimetic init; init {init!r} has none "
-                         f"(use init mimetic, or leave them at their defaults)")
+                         f"(use init mimetic or mimetic_attention, or leave them at their defaults)")
+
+
+def check_unit_variance(init: str, unit_variance: bool) -> None:
+    """``unit_variance`` is a step after any init but ``lsuv``, which already ends with it."""
+    if unit_variance and init == "lsuv":
+        raise LogahError("init lsuv already ends with unit output variance per layer; "
+                         "unit_variance is for the other inits")
+
+
+def first_batch_inputs(task, seed: int, device: str | torch.device):
+    """The inputs of the first training batch of ``task``, as fine-tuning with ``seed`` sees them
+    (image augmentation seeded by ``seed``): what LSUV's scaling measures the layers on."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        inputs, _ = task.batch(0, device)
+    return inputs
 
 
 def initial_model(arch: Arch, init: str, *, ghn: str | Path | None = None, seed: int = 0,
                   device: str | torch.device = "cpu", task=None,
                   keep_classifier: bool = False, init_noise: float = 0.0, null_fill: float = 0.0,
-                  mimetic: MimeticScalars | None = None) -> nn.Module:
+                  mimetic: MimeticScalars | None = None, mimetic_attention: bool = False,
+                  unit_variance: bool = False) -> nn.Module:
     """``arch`` initialised by ``init`` (one of ``INIT_KINDS`` or a predicted-parameters folder).
     ``task`` (``logah.tasks``): the data the target is for, which a GHN init's transfer rules
-    read (``logah.transfer``) and ``lsuv`` takes its batch from. ``init_noise``, ``null_fill``:
-    GHN inits only (see the module docstring). ``mimetic``: the scalars of the mimetic init (default: the
-    paper's)."""
+    read (``logah.transfer``) and ``lsuv`` / ``unit_variance`` take their batch from.
+    ``init_noise``, ``null_fill``, ``mimetic_attention``: GHN inits only; ``unit_variance``: any
+    but ``lsuv`` (see the module docstring). ``mimetic``: the scalars of the mimetic init and of
+    ``mimetic_attention`` (default: the paper's)."""
     check_perturbation(init, init_noise)
     check_perturbation(init, null_fill, "null_fill")
-    check_mimetic(init, mimetic)
+    check_mimetic(init, mimetic, mimetic_attention)
+    check_unit_variance(init, unit_variance)
+    if unit_variance and task is None:
+        raise LogahError("unit_variance scales the layers on a batch of the fine-tuning data, "
+                         "and no task was given to read it from")
     if init == "random":
         model = default_model(arch, seed)
     elif init == "orthogonal":
         model = orthogonalize(default_model(arch, seed), seed)
     elif init == "mimetic":
-        model = mimetic_attention(default_model(arch, seed), arch, seed, mimetic)
+        model = give_mimetic_attention(default_model(arch, seed), arch, seed, mimetic)
     elif init == "lsuv":
         model = lsuv_model(arch, seed, task, device)
     elif init in GHN_INITS:
@@ -213,4 +251,9 @@ def initial_model(arch: Arch, init: str, *, ghn: str | Path | None = None, seed:
     else:
         raise LogahError(f"unknown init {init!r}: use one of {list(INIT_KINDS)} or a folder "
                          f"written by logah predict")
-    return model.to(device)
+    if mimetic_attention:
+        give_mimetic_attention(model, arch, seed, mimetic)
+    model = model.to(device)
+    if unit_variance:
+        lsuv(model, arch, first_batch_inputs(task, seed, device))
+    return model

@@ -12,9 +12,11 @@ from logah.archs import get_space, space_to_dict
 from logah.cli import main
 from logah.errors import LogahError
 from logah.finetune import (FinetuneConfig, make_finetuner, evaluate_init, export_finetuned, finetune,
-                            load_finetuned)
+                            initialised_target, load_finetuned)
+from logah.families import family_of
 from logah.init_kinds import INIT_KINDS
-from logah.inits import default_model, initial_model
+from logah.inits import default_model, first_batch_inputs, initial_model
+from logah.lsuv import TOLERANCE, layers_in_forward_order, output_variance
 from logah.predict import predict_params
 from logah.checkpoint import load_ghn
 from logah.presets import get_preset
@@ -165,6 +167,74 @@ def test_null_fill_keeps_the_predicted_directions_and_fills_the_rest_at_the_defa
         ft_config("vit", init="mimetic", null_fill=1.0).validate()
     with pytest.raises(LogahError, match="null_fill must be a number"):
         initial_model(SMALL_VIT, "logah", ghn=folder, null_fill=-1.0)
+
+
+def attention(model, arch):
+    return family_of(arch).attention_layers(model, arch)
+
+
+@pytest.mark.parametrize("family", ["vit", "gpt2"])
+def test_mimetic_attention_replaces_only_the_predicted_attention(family, ghns):
+    """A GHN init with ``mimetic_attention``: the four attention projections of every layer are
+    exactly the mimetic init's of the same seed and scalars, every other parameter is exactly
+    the prediction."""
+    folder = str(ghns[family, "low-rank"])
+    scalars = dict(mimetic_qk_alpha=0.5, mimetic_qk_beta=0.9)   # the lever's own scalars are used
+    _, arch, mixed = initialised_target(ft_config(family, init="logah", ghn=folder, seed=4,
+                                                  mimetic_attention=True, **scalars),
+                                        device="cpu", copies=2, what="test")
+    _, _, plain = initialised_target(ft_config(family, init="logah", ghn=folder, seed=4),
+                                     device="cpu", copies=2, what="test")
+    _, _, mimetic = initialised_target(ft_config(family, init="mimetic", seed=4, **scalars),
+                                       device="cpu", copies=2, what="test")
+    views = [(layer.q, layer.k, layer.v, layer.o) for layer in attention(mixed, arch)]
+    for (mine, theirs) in zip(views, [(layer.q, layer.k, layer.v, layer.o)
+                                      for layer in attention(mimetic, arch)]):
+        for a, b in zip(mine, theirs):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    in_attention = {t.untyped_storage().data_ptr() for view in views for t in view}
+    others = 0
+    for (name, a), (_, b) in zip(mixed.named_parameters(), plain.named_parameters()):
+        if a.untyped_storage().data_ptr() not in in_attention:
+            torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+            others += 1
+    assert others > 0 and len(views) == arch.depth
+    with pytest.raises(LogahError, match="mimetic_attention replaces a GHN prediction"):
+        ft_config(family, init="random", mimetic_attention=True).validate()
+
+
+@pytest.mark.parametrize("family", ["vit", "gpt2"])
+@pytest.mark.parametrize("init", ["logah", "random"])
+def test_unit_variance_rescales_each_layer_of_any_init_to_unit_variance(family, init, ghns):
+    """``unit_variance``: every layer LSUV scales has output variance 1 ± its tolerance on the
+    first training batch, and each weight is the init's own times a positive factor."""
+    folder = str(ghns[family, "low-rank"]) if init == "logah" else None
+    task, arch, scaled = initialised_target(ft_config(family, init=init, ghn=folder, seed=2,
+                                                      unit_variance=True),
+                                            device="cpu", copies=2, what="test")
+    _, _, start = initialised_target(ft_config(family, init=init, ghn=folder, seed=2),
+                                     device="cpu", copies=2, what="test")
+    inputs = first_batch_inputs(task, 2, "cpu")
+    scaled.eval()
+    start.eval()
+    layers = layers_in_forward_order(scaled, arch, inputs)
+    assert len(layers) >= 4 * arch.depth
+    changed = 0
+    for layer, origin in zip(layers, layers_in_forward_order(start, arch, inputs)):
+        if output_variance(start, arch, inputs, origin) == 0:   # torchvision's zero classifier:
+            assert all(torch.equal(w, b) for w, b in zip(layer.weights, origin.weights))
+            continue                                            # nothing to scale, left as is
+        assert abs(output_variance(scaled, arch, inputs, layer) - 1) < TOLERANCE, layer.name
+        for weight, before in zip(layer.weights, origin.weights):
+            factor = ((weight * before).sum() / (before * before).sum()).item()
+            assert factor > 0
+            torch.testing.assert_close(weight, factor * before, msg=layer.name)
+            changed += abs(factor - 1) > 0.05
+    assert changed > 0
+    with pytest.raises(LogahError, match="already ends with unit output variance"):
+        ft_config(family, init="lsuv", unit_variance=True).validate()
+    with pytest.raises(LogahError, match="unit_variance.*no task"):
+        initial_model(arch, init, ghn=folder, unit_variance=True)
 
 
 def test_transfer_to_a_dataset_with_more_classes_reinitialises_the_classifier(ghns, tmp_path):
