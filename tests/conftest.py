@@ -48,7 +48,8 @@ def ghn(request):
 def smoke_study(tmp_path_factory):
     """A real study on an embedded local Ray: the rank sweep's smoke preset (ranks 2 and 8) with
     fine-tuning batch sizes 32 and 100 000 swept in (the second fails in every trial), run once
-    per test session in its own process. Yields the study folder."""
+    per test session in its own process. Yields the study folder; what the study printed is
+    in ``terminal.txt`` beside it."""
     import subprocess
     import sys
     from pathlib import Path
@@ -61,6 +62,7 @@ def smoke_study(tmp_path_factory):
                           "smoke", "--storage", str(storage), "--name", "smoke",
                           "--sweep", "finetune.data.batch_size=32,100000"],
                          capture_output=True, text=True, timeout=1200, env=env)
+    (storage / "terminal.txt").write_text(run.stdout + run.stderr)
     assert run.returncode == 3, run.stdout[-3000:] + run.stderr[-3000:]   # 2 trials failed
     assert run.stderr.strip().splitlines()[-1] == ("rank_sweep: 2 of 4 trials failed (see the "
                                                    "report; --resume runs them again)")

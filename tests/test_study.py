@@ -209,6 +209,20 @@ def test_a_study_records_what_ran(smoke_study):
         assert not Path(record["code"]["path"]).is_relative_to(ROOT)     # a snapshot, elsewhere
 
 
+def test_a_study_prints_its_trials_not_their_output(smoke_study):
+    """The terminal gets the study's own lines; what the trials print or warn stays in their
+    records (``warnings``, also a column of the trials table) and Ray's session logs."""
+    lines = (smoke_study.parent / "terminal.txt").read_text().splitlines()
+    assert not [line for line in lines if "pid=" in line or "Traceback" in line or "Warning" in line]
+    assert sum(line.startswith("[") and " trial " in line for line in lines) == 4
+    trials, _, _ = read_study(smoke_study)
+    for record in trial_records(smoke_study).values():
+        if record["status"] == "COMPLETE":
+            assert isinstance(record["warnings"], list)
+            row = trials[trials["trial_id"] == record["trial_id"]].iloc[0]
+            assert row["warnings"] == "; ".join(record["warnings"])
+
+
 @pytest.mark.parametrize("change, message", [
     (["--set", "ghn_training.steps=31"], "ghn_training.steps: 30 then, 31 now"),
     (["--ghn-store", "{other}"], "its GHNs are in"),

@@ -140,10 +140,16 @@ def study_trial(sampled: dict, plan: StudyPlan) -> None:
                       ghn_key=config_key(config.ghn_training) if config.uses_ghn else None)
         write_record(folder, record)
         distributed = plan.options.train_workers > 1
-        summary = run_trial(config, folder, report=_TuneReporter(plan, record["ghn_params"]),
-                            device="cuda" if plan.options.gpu and not distributed else "cpu",
-                            ghn_store=plan.ghn_store,
-                            train_fn=_ray_train_ghn(plan) if distributed else None)
+        # warnings (a target outside the GHN's training space, ...) belong to the trial's
+        # record, not to the study's terminal: one line per trial there
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("default")
+            summary = run_trial(config, folder, report=_TuneReporter(plan, record["ghn_params"]),
+                                device="cuda" if plan.options.gpu and not distributed else "cpu",
+                                ghn_store=plan.ghn_store,
+                                train_fn=_ray_train_ghn(plan) if distributed else None)
+        record["warnings"] = list(dict.fromkeys(f"{w.category.__name__}: {w.message}"
+                                                for w in caught))
     except Exception as err:
         record.update(status="FAILED", error=f"{type(err).__name__}: {err}", finished_at=now(),
                       user_error=isinstance(err, LogahError),
@@ -349,8 +355,11 @@ def connect_ray() -> tuple[str, str]:
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
             logging.ERROR)
         cpus = len(os.sched_getaffinity(0))
+        # log_to_driver off: the trials' own output (and Ray's notices when it stops their
+        # processes) stays in Ray's session logs; the terminal gets one line per trial, and a
+        # failed trial's error is in that line, its record and the report
         ray.init("local", num_cpus=cpus, resources={DRIVER_RESOURCE: cpus},
-                 dashboard_host="127.0.0.1", logging_level=logging.WARNING,
+                 dashboard_host="127.0.0.1", logging_level=logging.WARNING, log_to_driver=False,
                  runtime_env={"working_dir": str(snapshot.parent)})
     return (f"a copy of {package_dir()} taken when the study started (Ray working_dir)",
             code_digest(snapshot))

@@ -75,6 +75,7 @@ def trial_row(record: dict) -> dict:
     metric = record.get("metric") or summary.get("metric")
     row = {"trial_id": record["trial_id"], "status": record["status"],
            "error": record.get("error") or "",
+           "warnings": "; ".join(record.get("warnings") or []),
            **{k: _cell(v) for k, v in flatten(record.get("config") or {}).items()},
            "ghn_params": record.get("ghn_params", math.nan), "metric": metric,
            "mode": record.get("mode"),
