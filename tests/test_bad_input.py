@@ -51,6 +51,11 @@ CASES = {
     "finetune eval-batches -1": (FINETUNE + ["--eval-batches", "-1"], r"eval_batches must be >= 0"),
     "finetune block 1": (["finetune", "--target", "gpt2-cpu-target", "--block-size", "1"],
                          r"block_size must be >= 2"),
+    # init levers on an init they do not apply to
+    "finetune random --mimetic-attention": (FINETUNE + ["--init", "random", "--mimetic-attention"],
+                                            r"mimetic_attention replaces a GHN prediction's attention"),
+    "finetune lsuv --unit-variance": (FINETUNE + ["--init", "lsuv", "--unit-variance"],
+                                      r"init lsuv already ends with unit output variance"),
     "evaluate batch 0": (["evaluate", "--target", "{tiny}", "--init", "random", "--data", "digits",
                           "--batch-size", "0"], r"batch_size must be > 0"),
     # 3. targets too large to build
