@@ -358,9 +358,13 @@ def connect_ray() -> tuple[str, str]:
         # log_to_driver off: the trials' own output (and Ray's notices when it stops their
         # processes) stays in Ray's session logs; the terminal gets one line per trial, and a
         # failed trial's error is in that line, its record and the report
-        ray.init("local", num_cpus=cpus, resources={DRIVER_RESOURCE: cpus},
-                 dashboard_host="127.0.0.1", logging_level=logging.WARNING, log_to_driver=False,
-                 runtime_env={"working_dir": str(snapshot.parent)})
+        try:
+            ray.init("local", num_cpus=cpus, resources={DRIVER_RESOURCE: cpus},
+                     dashboard_host="127.0.0.1", logging_level=logging.WARNING,
+                     log_to_driver=False, runtime_env={"working_dir": str(snapshot.parent)})
+        except Exception as err:   # Ray raises a bare Exception when its processes start too slowly
+            raise LogahError(f"could not start a local Ray for the study: {err}".rstrip(".")
+                             + " (on an overloaded machine, try again)") from err
     return (f"a copy of {package_dir()} taken when the study started (Ray working_dir)",
             code_digest(snapshot))
 
