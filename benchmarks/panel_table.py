@@ -8,7 +8,8 @@ learning rate" sections.
         runs/studies/panel-random-vit-cpu
 
 A replicate's panel mean is the mean of its targets; it counts only when the replicate has
-every target of the table.
+every target of the table. A cell that two studies ran (a lever study's reference cell) counts
+once, and the script says whether the two runs agree.
 """
 import itertools
 import sys
@@ -38,6 +39,16 @@ t = t[t.status == "COMPLETE"].copy()
 t["row"] = t.apply(row_label, axis=1)
 t["test"] *= 100
 t["zero_shot"] *= 100
+# the same cell (row, target, replicate) run by two studies, e.g. a lever study's reference: a
+# paired study must reproduce it; it counts once
+key = ["row", "target", "finetune.seed"]
+repeated = t[t.duplicated(key, keep=False)].groupby(key).test.agg(lambda v: sorted(set(v)))
+if len(repeated):
+    same = repeated.map(len).eq(1)
+    print(f"{len(repeated)} cells ran in more than one study: {int(same.sum())} reproduced to the "
+          f"last digit" + ("" if same.all() else f"; differing: {repeated[~same].to_dict()}"))
+    print()
+t = t.drop_duplicates(key)
 cells = t.groupby(["row", "target"]).agg(test=("test", "mean"), sd=("test", "std"), n=("test", "size"),
                                          zs=("zero_shot", "mean"))
 targets = sorted(t.target.unique())
