@@ -573,7 +573,7 @@ def test_a_nan_result_never_exits_0(tmp_path, capsys, monkeypatch, command):
     nan = float("nan")
     monkeypatch.setattr(logah.finetune, "finetune", lambda *a, **k: {"final_val_accuracy": 0.5,
                                                                       "test_accuracy": nan})
-    monkeypatch.setattr(logah.finetune, "evaluate_init", lambda *a, **k: {"val_accuracy": nan})
+    monkeypatch.setattr(logah.finetune, "evaluate_initialised", lambda *a, **k: {"val_accuracy": nan})
     (tmp_path / "tiny.json").write_text(json.dumps(TINY_VIT))
     args = [command, "--target", str(tmp_path / "tiny.json"), "--data", "digits"]
     assert main(args + (["--out", str(tmp_path / "out")] if command == "finetune" else [])) == 2
