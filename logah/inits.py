@@ -173,9 +173,7 @@ def check_perturbation(init: str, amount: float, name: str = "init_noise") -> No
 def lsuv_model(arch: Arch, seed: int, task, device: str | torch.device = "cpu") -> nn.Module:
     """The orthogonal init of ``seed``, rescaled by LSUV on the first training batch of ``task``
     (the batch fine-tuning starts with; image augmentation, if any, seeded by ``seed``)."""
-    if task is None:
-        raise LogahError("init 'lsuv' scales the layers on a batch of the fine-tuning data, "
-                         "and no task was given to read it from")
+    _require_batch_source(task, "init 'lsuv'")
     model = orthogonalize(default_model(arch, seed), seed).to(device)
     lsuv(model, arch, first_batch_inputs(task, seed, device))
     return model
@@ -203,6 +201,14 @@ def check_unit_variance(init: str, unit_variance: bool) -> None:
                          "unit_variance is for the other inits")
 
 
+def _require_batch_source(task, what: str) -> None:
+    """LSUV's scaling (``lsuv``, ``unit_variance``) measures the layers on a batch of the
+    fine-tuning data, so it needs the task to read that batch from."""
+    if task is None:
+        raise LogahError(f"{what} scales the layers on a batch of the fine-tuning data, "
+                         f"and no task was given to read it from")
+
+
 def first_batch_inputs(task, seed: int, device: str | torch.device):
     """The inputs of the first training batch of ``task``, as fine-tuning with ``seed`` sees them
     (image augmentation seeded by ``seed``): what LSUV's scaling measures the layers on."""
@@ -227,9 +233,8 @@ def initial_model(arch: Arch, init: str, *, ghn: str | Path | None = None, seed:
     check_perturbation(init, null_fill, "null_fill")
     check_mimetic(init, mimetic, mimetic_attention)
     check_unit_variance(init, unit_variance)
-    if unit_variance and task is None:
-        raise LogahError("unit_variance scales the layers on a batch of the fine-tuning data, "
-                         "and no task was given to read it from")
+    if unit_variance:
+        _require_batch_source(task, "unit_variance")
     if init == "random":
         model = default_model(arch, seed)
     elif init == "orthogonal":
