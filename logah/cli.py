@@ -122,6 +122,8 @@ TRAIN_ALIASES = [
     Alias("--weight-scaling", "ghn.weight_scaling", "predicted weights scaled by sqrt(2/fan_in) "
           "(He, the paper's) or sqrt(2·G)/fan_in with the unit grid G",
           choices=("fan-in", "mean-field")),
+    Alias("--depth-encoding", "ghn.depth_encoding", "distance from the input as is (GHN-3's) or "
+          "relative to the network's depth", choices=("absolute", "relative")),
     Alias("--space", "space", "architecture space (vits-cpu, gpts-1k, llamas-cpu, ...)"),
     Alias("--data", "data.dataset", "dataset (default: the space family's offline one)"),
     Alias("--batch-size", "data.batch_size", "images or token blocks per step and worker"),

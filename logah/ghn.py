@@ -13,13 +13,23 @@ spatial table for h and w, each d/4 wide) and the four lookups are concatenated.
 
 Backbone (Graphormer, pre-LN, MLP ratio 4, GELU, no qkv bias). The first layer adds in- and
 out-degree embeddings (real edges, clipped at 100) and an embedding of the distance from the
-input node (with no virtual-edge cutoff, see ``logah.graph``; clipped at 1000); an additive
+input node (with no virtual-edge cutoff, see ``logah.graph``; clipped at 1000; see "Depth
+encoding" below); an additive
 attention bias per head is computed once from the forward and backward virtual-edge distances
 (each embedded, concatenated, MLP 2d → d → heads) and reused by every layer. Graphs of
 different sizes are padded and masked *per graph*: each graph's attention sees only its own
 nodes, and the decoder works row by row, so a network's prediction does not depend on the other
 networks in the meta-batch (the anchor code indexes dense embeddings with sparse offsets and
 gets this wrong).
+
+Depth encoding (``GHNConfig.depth_encoding``). ``absolute``, GHN-3's and the paper's: node i
+reads row d_i of the distance table, d_i its distance from the input. A GHN trained on networks
+of depth ≤ 4 has trained the rows up to the deepest such network's output only; the later
+blocks of a deeper target read rows no training step moved. ``relative`` (not in the paper):
+node i reads row round(255 · d_i / max_j d_j) of a 256-row table, its position between the
+input (0) and the graph's deepest node (255), so the first block, the middle one and the last
+read the same rows at every depth, and a deeper target asks only for positions the training
+networks covered.
 """
 
 from __future__ import annotations
@@ -43,6 +53,7 @@ from logah.postprocess import embedding_factor, postprocess, weight_scale
 MAX_DEGREE = 100
 MAX_INPUT_DISTANCE = 1000
 DISTANCE_TABLE = 257         # distance embeddings cover 0..255 plus "no virtual edge"
+RELATIVE_DEPTH_ROWS = 256    # depth_encoding "relative": positions 0..255 from input to deepest
 
 # Channel sizes the shape encoder knows; others map to the nearest entry. Covers RGB/grey inputs,
 # common class counts, every multiple of 8 up to 56, of 16 up to 4080, of 32 up to 8192, and the
@@ -73,6 +84,8 @@ class GHNConfig(ConfigRecord):
     weight_beta: float = 2.0         # fan-in scaling of predicted weights
     weight_scaling: Literal["fan-in", "mean-field"] = "fan-in"   # sqrt(β/fan_in) (He, the paper's)
                                      # or sqrt(β·G)/fan_in, G = unit_grid (logah.postprocess)
+    depth_encoding: Literal["absolute", "relative"] = "absolute"   # distance from the input as
+                                     # is (GHN-3's) or relative to the graph's depth (module doc)
 
     bounds = {"weight_beta": POSITIVE, "tile": NON_NEGATIVE, "unit_grid": NON_NEGATIVE}
 
@@ -92,6 +105,9 @@ class GHNConfig(ConfigRecord):
         if self.weight_scaling == "mean-field" and not (self.decoder == "low-rank" and self.unit_grid):
             raise LogahError("GHN weight_scaling 'mean-field' needs the low-rank decoder with a "
                              "unit_grid: the grid width is the width at which it equals He's")
+        if self.depth_encoding not in ("absolute", "relative"):
+            raise LogahError(f"GHN depth_encoding must be 'absolute' or 'relative', "
+                             f"got {self.depth_encoding!r}")
         if self.hidden % self.heads:
             raise LogahError(f"GHN heads={self.heads} does not divide hidden={self.hidden}")
         if self.hidden % 4:
@@ -164,7 +180,7 @@ class GraphBatch:
         self.shapes = pad("shapes")
         self.in_degree = pad("in_degree").clamp(max=MAX_DEGREE)
         self.out_degree = pad("out_degree").clamp(max=MAX_DEGREE)
-        self.input_dist = pad("input_dist").clamp(max=MAX_INPUT_DISTANCE)
+        self.input_dist = pad("input_dist")          # 0 on padding rows
         self.distances = pad("distances").clamp(max=DISTANCE_TABLE - 1)
         counts = torch.tensor([g.num_nodes for g in graphs])
         self.mask = (torch.arange(n_max)[None] < counts[:, None]).to(device)   # (B, N)
@@ -183,7 +199,8 @@ class GHN(nn.Module):
         self.shape_embed = ShapeEncoder(d)
         self.in_degree = nn.Embedding(MAX_DEGREE + 1, d)
         self.out_degree = nn.Embedding(MAX_DEGREE + 1, d)
-        self.input_dist = nn.Embedding(MAX_INPUT_DISTANCE + 1, d)
+        self.input_dist = nn.Embedding(MAX_INPUT_DISTANCE + 1 if config.depth_encoding == "absolute"
+                                       else RELATIVE_DEPTH_ROWS, d)
         self.edge_embed = nn.Embedding(DISTANCE_TABLE, d)
         self.edge_mlp = nn.Sequential(nn.Linear(2 * d, d), nn.ReLU(), nn.Linear(d, config.heads))
         self.layers = nn.ModuleList(GraphormerLayer(d, config.heads) for _ in range(config.layers))
@@ -209,11 +226,19 @@ class GHN(nn.Module):
     def device(self) -> torch.device:
         return self.op_embed.weight.device
 
+    def depth_rows(self, batch: GraphBatch) -> torch.Tensor:
+        """The row of the distance-from-input table each node reads (B, N), by the config's
+        ``depth_encoding`` (module docstring)."""
+        if self.config.depth_encoding == "absolute":
+            return batch.input_dist.clamp(max=MAX_INPUT_DISTANCE)
+        deepest = batch.input_dist.amax(dim=1, keepdim=True).clamp(min=1)   # padding rows are 0
+        return torch.round(batch.input_dist * (RELATIVE_DEPTH_ROWS - 1) / deepest).long()
+
     def embed(self, batch: GraphBatch) -> torch.Tensor:
         """Node embeddings (B, N, d) after the Graphormer and the output LayerNorm."""
         x = self.op_embed(batch.ops) + self.shape_embed(batch.shapes)
         x = x + self.in_degree(batch.in_degree) + self.out_degree(batch.out_degree)
-        x = x + self.input_dist(batch.input_dist)
+        x = x + self.input_dist(self.depth_rows(batch))
         x = x * batch.mask[..., None]
         fwd = self.edge_embed(batch.distances)                         # (B, N, N, d)
         bwd = self.edge_embed(batch.distances.transpose(1, 2))

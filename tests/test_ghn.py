@@ -218,3 +218,51 @@ def test_mean_field_scaling_needs_a_unit_grid():
     with pytest.raises(LogahError, match="mean-field"):
         GHNConfig(decoder="low-rank", rank=16, weight_scaling="mean-field").validate()
     GHNConfig(decoder="low-rank", rank=16, unit_grid=64, weight_scaling="mean-field").validate()
+
+
+def test_relative_depth_encoding_reads_the_same_rows_at_every_depth():
+    """``depth_encoding="relative"``: the input reads row 0 and the deepest node row 255 whatever
+    the depth, rows grow with the distance from the input, and a meta-batch partner (padding)
+    does not move them; ``absolute`` reads the distance itself, so a deeper network's last
+    nodes read rows a shallower one never reaches."""
+    from dataclasses import replace
+
+    from logah.ghn import GraphBatch
+
+    shallow, deep = SMALL_VIT, replace(SMALL_VIT, num_layers=8)
+    config = replace(get_preset("logah-cpu"), depth_encoding="relative")
+    relative, absolute = build_ghn(config, seed=0), build_ghn(get_preset("logah-cpu"), seed=0)
+    graphs = [graph_of(shallow), graph_of(deep)]
+    batch = GraphBatch(graphs, torch.device("cpu"))
+    rows = relative.depth_rows(batch)
+    for i, g in enumerate(graphs):
+        distance = torch.from_numpy(g.input_distance)
+        own = rows[i, :g.num_nodes]
+        assert own[distance == 0].eq(0).all() and own[distance == distance.max()].eq(255).all()
+        order = torch.argsort(distance)
+        assert (own[order].diff() >= 0).all()
+        alone = relative.depth_rows(GraphBatch([g], torch.device("cpu")))[0]
+        assert torch.equal(alone, own)
+    assert relative.input_dist.num_embeddings == 256
+    assert torch.equal(absolute.depth_rows(batch), batch.input_dist)
+    assert absolute.depth_rows(batch)[1].max() > absolute.depth_rows(batch)[0].max()
+    with pytest.raises(LogahError, match="depth_encoding must be"):
+        replace(config, depth_encoding="depth").validate()
+
+
+def test_relative_depth_encoding_predicts_and_trains():
+    """A relative-encoding GHN predicts every parameter of a GPT-2 and a ViT, the prediction does
+    not depend on the meta-batch, and the task loss reaches its distance table."""
+    from dataclasses import replace
+
+    ghn = build_ghn(replace(get_preset("logah-cpu"), depth_encoding="relative"), seed=0)
+    alone = ghn([graph_of(SMALL_VIT)])[0]
+    vit_params, gpt_params = ghn([graph_of(SMALL_GPT), graph_of(SMALL_VIT)])[::-1]
+    assert set(alone) == {name for name, _ in build_model(SMALL_VIT).named_parameters()}
+    for name in alone:
+        torch.testing.assert_close(vit_params[name], alone[name], rtol=1e-5, atol=1e-6)
+    x, y = _digits()
+    loss = F.cross_entropy(bound_forward(build_model(SMALL_VIT), vit_params, SMALL_VIT, x), y)
+    loss.backward()
+    assert ghn.input_dist.weight.grad.abs().sum() > 0
+    assert all(torch.isfinite(p).all() for p in gpt_params.values())

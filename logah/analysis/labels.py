@@ -16,6 +16,7 @@ SETTING_LABELS = {
     "ghn_training.ghn.decoder": "GHN decoder",
     "ghn_training.ghn.unit_grid": "GHN unit grid G",
     "ghn_training.ghn.weight_scaling": "GHN weight scaling",
+    "ghn_training.ghn.depth_encoding": "GHN depth encoding",
     "ghn_training.meta_batch": "meta-batch size m (architectures per GHN step)",
     "ghn_training.steps": "GHN training steps",
     "ghn_training.lr": "GHN learning rate",
