@@ -1,6 +1,7 @@
-"""Test accuracy per target and on the panel mean for ViT init-comparison studies run at one
-learning rate, one row per init and lever setting (``null_fill``, ``unit_variance``,
-``mimetic_attention``, ``init_noise``), then every trial, and the paired (same replicate)
+"""The test metric per target and on the panel mean for init-comparison studies run at one
+learning rate (ViT: accuracy in %; GPT-2 and Llama: perplexity), one row per init and lever
+setting (``null_fill``, ``unit_variance``, ``mimetic_attention``, ``init_noise``, the GHN's
+``depth_encoding``), then every trial, and the paired (same replicate)
 differences of the panel mean between rows — the figures of init_study.md's "Panel, one
 learning rate" sections.
 
@@ -14,12 +15,15 @@ once, and the script says whether the two runs agree.
 import itertools
 import sys
 
+import numpy as np
 import pandas as pd
 
 from logah.analysis.tables import combined_trials, load_studies
 
 LEVERS = ("finetune.null_fill", "finetune.init_noise", "finetune.unit_variance",
-          "finetune.mimetic_attention")
+          "finetune.mimetic_attention", "ghn_training.ghn.depth_encoding")
+# a lever at its default is not named in a row's label
+LEVER_DEFAULTS = {"ghn_training.ghn.depth_encoding": "absolute"}
 
 
 def row_label(trial: pd.Series) -> str:
@@ -27,18 +31,27 @@ def row_label(trial: pd.Series) -> str:
     parts = [str(trial["init"])]
     for column in LEVERS:
         value = trial.get(column)
-        if value is None or pd.isna(value) or not value:
+        if value is None or pd.isna(value) or not value or value == LEVER_DEFAULTS.get(column):
             continue
         name = column.split(".")[-1]
-        parts.append(name if isinstance(value, (bool,)) or value is True else f"{name} {value:g}")
+        parts.append(name if isinstance(value, (bool, np.bool_)) else f"{name} {value}" if isinstance(value, str)
+                     else f"{name} {value:g}")
     return " + ".join(parts)
 
 
-t = combined_trials(load_studies(sys.argv[1:]))
+studies = load_studies(sys.argv[1:])
+primary = studies[0].primary
+if {s.primary.metric for s in studies} != {primary.metric}:
+    sys.exit("panel_table.py: the studies report different metrics; give studies of one task")
+t = combined_trials(studies)
 t = t[t.status == "COMPLETE"].copy()
 t["row"] = t.apply(row_label, axis=1)
-t["test"] *= 100
-t["zero_shot"] *= 100
+if primary.higher_is_better:     # accuracy, shown in %
+    t["test"] *= 100
+    t["zero_shot"] *= 100
+print(f"test {(primary.metric or primary.column).removeprefix('val_')} after fine-tuning, mean ± "
+      f"std over replicates ({'higher' if primary.higher_is_better else 'lower'} is better)")
+print()
 # the same cell (row, target, replicate) run by two studies, e.g. a lever study's reference: a
 # paired study must reproduce it; it counts once
 key = ["row", "target", "finetune.seed"]
