@@ -142,6 +142,33 @@ def test_storage_that_cannot_be_written_is_refused(tmp_path, capsys):
     assert "not a writable folder" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("failures", [1, 3])
+def test_a_local_ray_that_starts_too_slowly_is_tried_again(failures, tmp_path, monkeypatch, capsys):
+    """Ray gives a starting node 30 s, which a loaded machine misses: the study tries again,
+    shutting the failed start down first, and after the last try says so in one line."""
+    import ray
+
+    from logah.study import runner
+
+    calls = []
+
+    def init(*args, **kwargs):
+        calls.append("init")
+        if calls.count("init") <= failures:
+            raise Exception("The current node timed out during startup.")
+
+    monkeypatch.setattr(ray, "init", init)
+    monkeypatch.setattr(ray, "shutdown", lambda: calls.append("shutdown"))
+    if failures < runner.RAY_START_ATTEMPTS:
+        runner._start_local_ray(2, tmp_path)
+        assert calls == ["init", "shutdown"] * failures + ["init"]
+        assert f"trying again (2 of {runner.RAY_START_ATTEMPTS})" in capsys.readouterr().err
+    else:
+        with pytest.raises(LogahError, match="could not start a local Ray for the study in 3 tries"):
+            runner._start_local_ray(2, tmp_path)
+        assert calls == ["init", "shutdown"] * 3
+
+
 # --- real studies on Ray ----------------------------------------------------------------------
 def read_study(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     return (pd.read_parquet(folder / "trials.parquet"), pd.read_parquet(folder / "steps.parquet"),

@@ -358,15 +358,35 @@ def connect_ray() -> tuple[str, str]:
         # log_to_driver off: the trials' own output (and Ray's notices when it stops their
         # processes) stays in Ray's session logs; the terminal gets one line per trial, and a
         # failed trial's error is in that line, its record and the report
+        _start_local_ray(cpus, snapshot.parent)
+    return (f"a copy of {package_dir()} taken when the study started (Ray working_dir)",
+            code_digest(snapshot))
+
+
+RAY_START_ATTEMPTS = 3
+
+
+def _start_local_ray(cpus: int, working_dir: Path) -> None:
+    """Start the study's private Ray, trying again when it fails to come up: Ray gives its
+    node 30 s to register (a constant of Ray's), which a machine busy with other studies'
+    trials can miss. A failed start's processes are left idle (Ray gives no handle on them)
+    and stopped with the study's own when it exits, by Ray's reaper."""
+    import ray
+
+    for attempt in range(1, RAY_START_ATTEMPTS + 1):
         try:
             ray.init("local", num_cpus=cpus, resources={DRIVER_RESOURCE: cpus},
                      dashboard_host="127.0.0.1", logging_level=logging.WARNING,
-                     log_to_driver=False, runtime_env={"working_dir": str(snapshot.parent)})
+                     log_to_driver=False, runtime_env={"working_dir": str(working_dir)})
+            return
         except Exception as err:   # Ray raises a bare Exception when its processes start too slowly
-            raise LogahError(f"could not start a local Ray for the study: {err}".rstrip(".")
-                             + " (on an overloaded machine, try again)") from err
-    return (f"a copy of {package_dir()} taken when the study started (Ray working_dir)",
-            code_digest(snapshot))
+            ray.shutdown()
+            if attempt == RAY_START_ATTEMPTS:
+                raise LogahError(f"could not start a local Ray for the study in "
+                                 f"{RAY_START_ATTEMPTS} tries: {err}".rstrip(".")
+                                 + " (on an overloaded machine, try again later)") from err
+            print(f"local Ray did not start ({err}); trying again "
+                  f"({attempt + 1} of {RAY_START_ATTEMPTS})", file=sys.stderr)
 
 
 def _local_resources() -> dict:
