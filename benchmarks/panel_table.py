@@ -34,8 +34,12 @@ def row_label(trial: pd.Series) -> str:
         if value is None or pd.isna(value) or not value or value == LEVER_DEFAULTS.get(column):
             continue
         name = column.split(".")[-1]
-        parts.append(name if isinstance(value, (bool, np.bool_)) else f"{name} {value}" if isinstance(value, str)
-                     else f"{name} {value:g}")
+        if isinstance(value, (bool, np.bool_)):
+            parts.append(name)
+        elif isinstance(value, str):
+            parts.append(f"{name} {value}")
+        else:
+            parts.append(f"{name} {value:g}")
     return " + ".join(parts)
 
 

@@ -355,9 +355,6 @@ def connect_ray() -> tuple[str, str]:
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
             logging.ERROR)
         cpus = len(os.sched_getaffinity(0))
-        # log_to_driver off: the trials' own output (and Ray's notices when it stops their
-        # processes) stays in Ray's session logs; the terminal gets one line per trial, and a
-        # failed trial's error is in that line, its record and the report
         _start_local_ray(cpus, snapshot.parent)
     return (f"a copy of {package_dir()} taken when the study started (Ray working_dir)",
             code_digest(snapshot))
@@ -375,6 +372,9 @@ def _start_local_ray(cpus: int, working_dir: Path) -> None:
 
     for attempt in range(1, RAY_START_ATTEMPTS + 1):
         try:
+            # log_to_driver off: the trials' own output (and Ray's notices when it stops their
+            # processes) stays in Ray's session logs; the terminal gets one line per trial, and
+            # a failed trial's error is in that line, its record and the report
             ray.init("local", num_cpus=cpus, resources={DRIVER_RESOURCE: cpus},
                      dashboard_host="127.0.0.1", logging_level=logging.WARNING,
                      log_to_driver=False, runtime_env={"working_dir": str(working_dir)})
