@@ -16,23 +16,17 @@ another across depth is a weight-tied, low-rank network, and fine-tuning has to 
 from __future__ import annotations
 
 import argparse
-import itertools
 import os
-import re
-from collections import defaultdict
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
 from logah.checkpoint import resolve_ghn  # noqa: E402
-from logah.inits import default_model, is_weight_matrix  # noqa: E402
+from logah.inits import default_model  # noqa: E402
+from logah.layer_roles import layer_similarity, roles  # noqa: E402
 from logah.predict import predict_params  # noqa: E402
 from logah.targets import resolve_target  # noqa: E402
-
-# the first number of a parameter name is its block's index in ViTs and GPT-2s alike:
-# encoder.layers.encoder_layer_3.mlp.0.weight, transformer.h.3.mlp.c_fc.weight
-LAYER_INDEX = re.compile(r"\d+")
 
 
 def numerical_rank(matrix: torch.Tensor) -> int:
@@ -44,21 +38,8 @@ def rms(tensors: list[torch.Tensor]) -> float:
     return float(torch.cat([t.flatten() for t in tensors]).pow(2).mean().sqrt())
 
 
-def layer_similarity(tensors: list[torch.Tensor]) -> float:
-    pairs = list(itertools.combinations(tensors, 2))
-    if not pairs:
-        return float("nan")
-    return sum(float(torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0))
-               for a, b in pairs) / len(pairs)
-
-
-def roles(params) -> dict[str, list[torch.Tensor]]:
-    """(name, tensor) pairs grouped by role: the name with its layer index replaced by ``*``."""
-    grouped = defaultdict(list)
-    for name, param in params:
-        if is_weight_matrix(name, param):
-            grouped[LAYER_INDEX.sub("*", name, count=1)].append(param.detach())
-    return grouped
+def detached_roles(params) -> dict[str, list[torch.Tensor]]:
+    return {role: [t.detach() for t in tensors] for role, tensors in roles(params).items()}
 
 
 def main() -> None:
@@ -67,13 +48,13 @@ def main() -> None:
     parser.add_argument("--target", default="vit-cpu-target")
     args = parser.parse_args()
     arch = resolve_target(args.target)
-    default = roles(default_model(arch, seed=0).named_parameters())
+    default = detached_roles(default_model(arch, seed=0).named_parameters())
     print(f"target {args.target}; default init: seed 0\n")
     print("| role | layers | GHN | rank (of min dim) | RMS predicted / default "
           "| layer similarity predicted / default |")
     print("|---|---|---|---|---|---|")
     for ghn in args.ghns:
-        predicted = roles(predict_params(resolve_ghn(ghn), arch).items())
+        predicted = detached_roles(predict_params(resolve_ghn(ghn), arch).items())
         for role, tensors in predicted.items():
             ranks = [numerical_rank(t) for t in tensors]
             print(f"| `{role}` | {len(tensors)} | {os.path.basename(ghn.rstrip('/'))} "

@@ -134,6 +134,8 @@ TRAIN_ALIASES = [
     Alias("--meta-batch", "meta_batch", "architectures per step and worker (m)"),
     Alias("--lr", "lr", "learning rate"),
     Alias("--ema", "ema_decay", "EMA decay of the GHN weights (0: off)"),
+    Alias("--layer-diversity", "layer_diversity", "add this x how alike the predicted layers are "
+          "(mean squared cosine) to the loss (0: off, the paper's)"),
     Alias("--seed", "seed", "seed of everything random"),
     Alias("--checkpoint-every", "checkpoint_every", "steps between checkpoints"),
 ]

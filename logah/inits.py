@@ -54,6 +54,7 @@ from torch import nn
 
 from logah.errors import LogahError
 from logah.init_kinds import GHN_INITS, INIT_KINDS
+from logah.layer_roles import is_weight_matrix
 from logah.lsuv import lsuv
 from logah.mimetic import MimeticScalars
 from logah.mimetic import mimetic_attention as give_mimetic_attention
@@ -65,12 +66,6 @@ def default_model(arch: Arch, seed: int, device: str | torch.device = "cpu") -> 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return build_model(arch, device)
-
-
-def is_weight_matrix(name: str, param: torch.Tensor) -> bool:
-    """Every ≥ 2-D ``weight`` (linear, convolution, embedding, classifier), not biases, norms,
-    class tokens or position embeddings: what the orthogonal baseline and ``init_noise`` change."""
-    return name.endswith("weight") and param.dim() >= 2
 
 
 # singular values below this share of a matrix's largest count as empty directions: a low-rank

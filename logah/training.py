@@ -16,6 +16,12 @@ skipped steps, checkpoints, resume, DDP) is ``logah.trainer.Trainer``'s; what is
   A penalty on the raw decoder output would only shrink the scale that the normalisation divides
   out: it changes no predicted weight, only how far an optimizer step turns the raw output;
 * the decoders always run in fp32, whatever the autocast;
+* an optional layer-diversity term (not the paper's): ``layer_diversity`` = λ > 0 adds λ × the
+  predicted network's ``layer_alikeness`` (``logah.layer_roles``: mean squared cosine between a
+  role's matrices in every pair of layers) to each architecture's task loss. Trained on task
+  loss alone, a GHN predicts the same matrix for every layer (cosine 0.9998 on ViT); the term
+  asks it to use what tells layers apart (its depth encoding). Every checkpoint reports
+  ``heldout_layer_alikeness``, with or without the term;
 * an optional EMA of the GHN weights, which is what the saved GHN then holds (its state is part
   of the checkpoint);
 * the meta-batch of architectures is a function of (seed, rank, step), like the data batch, so
@@ -48,6 +54,7 @@ from logah.devices import resolve_device
 from logah.errors import LogahError
 from logah.io import FRACTION, NON_NEGATIVE, POSITIVE, SEED, ConfigRecord, atomic_file
 from logah.ghn import GHN, GHNConfig, build_ghn
+from logah.layer_roles import layer_alikeness
 from logah.graph import Graph, graph_of
 from logah.presets import get_preset
 from logah.targets import Arch, build_model
@@ -86,6 +93,7 @@ class TrainConfig(ConfigRecord):
     checkpoint_every: int = 100
     log_every: int = 10
     heldout_archs: int = 4            # architectures never trained on, for evaluation
+    layer_diversity: float = 0.0      # λ: + λ × layer_alikeness of each prediction (not the paper's)
 
     def __post_init__(self) -> None:
         # keep the space record in its JSON form, so a config read back from disk compares equal
@@ -94,7 +102,8 @@ class TrainConfig(ConfigRecord):
     bounds = {"steps": POSITIVE, "meta_batch": POSITIVE, "lr": POSITIVE,
               "weight_decay": NON_NEGATIVE, "warmup_steps": NON_NEGATIVE,
               "grad_clip": POSITIVE, "ema_decay": FRACTION, "seed": SEED,
-              "checkpoint_every": POSITIVE, "log_every": POSITIVE, "heldout_archs": NON_NEGATIVE}
+              "checkpoint_every": POSITIVE, "log_every": POSITIVE, "heldout_archs": NON_NEGATIVE,
+              "layer_diversity": NON_NEGATIVE}
 
     def validate(self) -> None:
         super().validate()     # every number finite and in ``bounds``; the GHN and data configs
@@ -180,13 +189,16 @@ class GHNTrainer(Trainer):
     # --- one step ----------------------------------------------------------------------------
     def compute_loss(self, step: int) -> torch.Tensor:
         """The task loss of this rank's meta-batch of architectures at ``step``, each bound to
-        its predicted parameters, on one batch of data."""
+        its predicted parameters, on one batch of data (plus ``layer_diversity`` × how alike
+        each prediction's layers are)."""
         archs = self.meta_batch(step)
         x, y = self.batch(step)
         predictions = self.model([self.graph(a) for a in archs])
         self.last_draw = {"archs": [self.archs.index(a) for a in archs],
                           "samples": self.task.sample_ids(step)}
+        diversity = self.config.layer_diversity
         return sum(self.task.loss(bound_forward(self._models[a], p, a, x), y)
+                   + (diversity * layer_alikeness(p) if diversity else 0.0)
                    for a, p in zip(archs, predictions)) / len(archs)
 
     def after_step(self) -> None:
@@ -232,6 +244,7 @@ class GHNTrainer(Trainer):
                     scores.append(self.task.evaluate(
                         lambda x, model=model, params=params, arch=arch: bound_forward(model, params, arch, x),
                         self.device))
+                scores[-1]["layer_alikeness"] = float(layer_alikeness(params))
         return {f"heldout_{k}": float(np.mean([s[k] for s in scores])) for k in scores[0]}
 
     # --- state -------------------------------------------------------------------------------

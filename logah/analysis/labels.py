@@ -48,6 +48,7 @@ METRIC_LABELS = {
     "heldout_accuracy": "accuracy on held-out architectures (%)",
     "heldout_perplexity": "perplexity on held-out architectures",
     "heldout_loss": "loss on held-out architectures",
+    "heldout_layer_alikeness": "how alike predicted layers are (mean squared cosine)",
     "loss": "GHN training loss",
     "train_loss": "training loss",
 }
