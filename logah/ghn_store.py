@@ -7,6 +7,11 @@ by a hash of the config's JSON record, so identical configs (and only those) sha
     STORE/<key>/            the GHN checkpoint folder that ``train_ghn`` leaves (predict --ghn)
     STORE/<key>/store.json  written last: the config, wall and CPU time of the training
 
+A setting added to ``TrainConfig`` later changes every key, although a GHN trained before it
+existed was trained with its default (the default keeps the old behaviour). So on a miss the
+store also looks for a finished GHN whose recorded config, read back with today's defaults, is
+the one asked for, and reuses it under its own key.
+
 Two trials that want the same GHN at once are serialised by an exclusive ``flock`` on
 ``STORE/<key>.lock``: the first trains, the second waits and then reuses it. A training that was
 interrupted (its trial killed) is resumed from its last checkpoint by whichever trial comes next.
@@ -24,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from logah.errors import LogahError
 from logah.io import Fields, read_json, write_json
 from logah.training import TrainConfig
 
@@ -47,6 +53,20 @@ def read_store_record(path: Path) -> dict:
     return Fields(read_json(path, "GHN store record"), path).check(STORE_RECORD)
 
 
+def trained_before(config: TrainConfig, store: Path) -> Path | None:
+    """A finished GHN of ``store`` trained with ``config`` under an older key: its recorded
+    config, read back with the defaults of settings added since, equals ``config``."""
+    wanted = config.to_dict()
+    for record_file in sorted(store.glob(f"*/{DONE_FILE}")):
+        try:
+            recorded = TrainConfig.from_dict(read_store_record(record_file)["config"])
+        except LogahError:
+            continue    # a record with settings this version does not know, or an unreadable one
+        if recorded.to_dict() == wanted:
+            return record_file.parent
+    return None
+
+
 def shared_ghn(config: TrainConfig, store: str | Path, train: GHNTrainFn) -> tuple[Path, dict]:
     """The folder of the GHN trained with ``config``, training it first unless the store already
     holds it. Returns the folder and its record: ``key``, ``reused`` (trained by another trial),
@@ -59,6 +79,9 @@ def shared_ghn(config: TrainConfig, store: str | Path, train: GHNTrainFn) -> tup
         fcntl.flock(lock, fcntl.LOCK_EX)    # released when the file closes, also on a crash
         if (folder / DONE_FILE).is_file():
             return folder, {**read_store_record(folder / DONE_FILE), "reused": True}
+        older = trained_before(config, store)
+        if older is not None:
+            return older, {**read_store_record(older / DONE_FILE), "reused": True}
         resume = (folder / "checkpoint").is_dir()
         if not resume:
             shutil.rmtree(folder, ignore_errors=True)   # a start that died before a checkpoint

@@ -311,6 +311,33 @@ def test_trials_with_one_ghn_config_share_one_trained_ghn(tmp_path):
     assert len(trained) == 2 and not other["ghn_reused"]
 
 
+def test_a_ghn_trained_before_a_setting_existed_is_reused_under_its_own_key(tmp_path):
+    """A store record written before ``layer_diversity`` existed (its config lacks the field)
+    is the GHN of today's config with that setting at its default, and only of that one."""
+    training = tiny_config(steps=2, checkpoint_every=2)
+    trained = []
+
+    def train(config, folder, resume):
+        trained.append(folder)
+        return train_ghn(config, folder, resume=resume, progress=False)
+
+    first = run_trial(TrialConfig(ghn_training=training, finetune=ft_config("vit", init="logah")),
+                      tmp_path / "t0", ghn_store=tmp_path / "ghns", train_fn=train)
+    old_key = "0123456789abcdef"            # what an older version's hash gave
+    (tmp_path / "ghns" / first["ghn_key"]).rename(tmp_path / "ghns" / old_key)
+    record_file = tmp_path / "ghns" / old_key / "store.json"
+    record = json.loads(record_file.read_text())
+    del record["config"]["layer_diversity"]
+    record_file.write_text(json.dumps({**record, "key": old_key}))
+    again = run_trial(TrialConfig(ghn_training=training, finetune=ft_config("vit", init="logah")),
+                      tmp_path / "t1", ghn_store=tmp_path / "ghns", train_fn=train)
+    assert len(trained) == 1 and again["ghn_reused"] and again["ghn_key"] == old_key
+    diverse = run_trial(TrialConfig(ghn_training=dataclasses.replace(training, layer_diversity=1.0),
+                                    finetune=ft_config("vit", init="logah")),
+                        tmp_path / "t2", ghn_store=tmp_path / "ghns", train_fn=train)
+    assert len(trained) == 2 and not diverse["ghn_reused"]
+
+
 def test_trial_with_a_baseline_init_trains_no_ghn(tmp_path):
     summary = run_trial(TrialConfig(finetune=ft_config("vit", init="random")), tmp_path / "t")
     assert not (tmp_path / "t" / "ghn").exists() and "final_val_accuracy" in summary
