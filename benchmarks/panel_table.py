@@ -1,7 +1,7 @@
 """The test metric per target and on the panel mean for init-comparison studies run at one
 learning rate (ViT: accuracy in %; GPT-2 and Llama: perplexity), one row per init and lever
 setting (``null_fill``, ``unit_variance``, ``mimetic_attention``, ``init_noise``, the GHN's
-``depth_encoding``), then every trial, and the paired (same replicate)
+``depth_encoding`` and its training's ``layer_diversity``), then every trial, and the paired (same replicate)
 differences of the panel mean between rows — the figures of init_study.md's "Panel, one
 learning rate" sections.
 
@@ -21,7 +21,8 @@ import pandas as pd
 from logah.analysis.tables import combined_trials, load_studies
 
 LEVERS = ("finetune.null_fill", "finetune.init_noise", "finetune.unit_variance",
-          "finetune.mimetic_attention", "ghn_training.ghn.depth_encoding")
+          "finetune.mimetic_attention", "ghn_training.ghn.depth_encoding",
+          "ghn_training.layer_diversity")
 # a lever at its default is not named in a row's label
 LEVER_DEFAULTS = {"ghn_training.ghn.depth_encoding": "absolute"}
 
