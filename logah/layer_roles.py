@@ -51,12 +51,18 @@ def layer_similarity(tensors: list[torch.Tensor]) -> float:
                for a, b in pairs) / len(pairs)
 
 
+def has_layers_to_compare(params: dict[str, torch.Tensor]) -> bool:
+    """Whether some weight-matrix role of ``params`` has at least two layers."""
+    return any(len(tensors) > 1 for tensors in roles(params.items()).values())
+
+
 def layer_alikeness(params: dict[str, torch.Tensor]) -> torch.Tensor:
     """The mean, over the roles with at least two layers, of the mean squared cosine similarity
     between the role's matrices in every pair of layers: 1 for copies (or sign-flipped copies)
-    of one matrix in every layer, about 1 / size for independent random matrices, 0 when no role
-    has two layers. Squared, so that layers cannot lower it by alternating signs. Differentiable
-    in ``params``."""
+    of one matrix in every layer, about 1 / size for independent random matrices. Squared, so
+    that layers cannot lower it by alternating signs. Differentiable in ``params``. A network
+    with no role of two layers has nothing to compare: 0, so that a penalty on it is nothing
+    (leave such networks out of an average: ``has_layers_to_compare``)."""
     terms = []
     for tensors in roles(params.items()).values():
         if len(tensors) < 2:

@@ -21,7 +21,8 @@ skipped steps, checkpoints, resume, DDP) is ``logah.trainer.Trainer``'s; what is
   role's matrices in every pair of layers) to each architecture's task loss. Trained on task
   loss alone, a GHN predicts the same matrix for every layer (cosine 0.9998 on ViT); the term
   asks it to use what tells layers apart (its depth encoding). Every checkpoint reports
-  ``heldout_layer_alikeness``, with or without the term;
+  ``heldout_layer_alikeness`` (the mean over held-out networks of more than one block), with or
+  without the term;
 * an optional EMA of the GHN weights, which is what the saved GHN then holds (its state is part
   of the checkpoint);
 * the meta-batch of architectures is a function of (seed, rank, step), like the data batch, so
@@ -54,7 +55,7 @@ from logah.devices import resolve_device
 from logah.errors import LogahError
 from logah.io import FRACTION, NON_NEGATIVE, POSITIVE, SEED, ConfigRecord, atomic_file
 from logah.ghn import GHN, GHNConfig, build_ghn
-from logah.layer_roles import layer_alikeness
+from logah.layer_roles import has_layers_to_compare, layer_alikeness
 from logah.graph import Graph, graph_of
 from logah.presets import get_preset
 from logah.targets import Arch, build_model
@@ -236,7 +237,7 @@ class GHNTrainer(Trainer):
             return {}
         graphs = [self.graph(arch) for arch in archs]
         ghn, models = self.predicting_ghn(), [self._models[arch] for arch in archs]
-        scores = []
+        scores, alikeness = [], []
         with evaluation_mode([ghn, *models]):
             for arch, graph, model in zip(archs, graphs, models):
                 params = ghn([graph])[0]
@@ -244,8 +245,12 @@ class GHNTrainer(Trainer):
                     scores.append(self.task.evaluate(
                         lambda x, model=model, params=params, arch=arch: bound_forward(model, params, arch, x),
                         self.device))
-                scores[-1]["layer_alikeness"] = float(layer_alikeness(params))
-        return {f"heldout_{k}": float(np.mean([s[k] for s in scores])) for k in scores[0]}
+                if has_layers_to_compare(params):    # a one-block network has no pair of layers
+                    alikeness.append(float(layer_alikeness(params)))
+        metrics = {f"heldout_{k}": float(np.mean([s[k] for s in scores])) for k in scores[0]}
+        if alikeness:
+            metrics["heldout_layer_alikeness"] = float(np.mean(alikeness))
+        return metrics
 
     # --- state -------------------------------------------------------------------------------
     def write_files(self, folder: Path) -> None:

@@ -4,7 +4,7 @@ import pytest
 import torch
 from test_training import tiny_config
 
-from logah.layer_roles import layer_alikeness, layer_similarity, roles
+from logah.layer_roles import has_layers_to_compare, layer_alikeness, layer_similarity, roles
 from logah.training import GHNTrainer
 
 
@@ -35,7 +35,9 @@ def test_copies_are_alike_and_independent_random_layers_are_not():
 
 
 def test_a_network_of_one_layer_per_role_has_nothing_to_compare():
-    assert float(layer_alikeness(_blocks([torch.randn(4, 4)]))) == 0.0
+    one_block = _blocks([torch.randn(4, 4)])
+    assert float(layer_alikeness(one_block)) == 0.0 and not has_layers_to_compare(one_block)
+    assert has_layers_to_compare(_blocks([torch.randn(4, 4), torch.randn(4, 4)]))
     assert layer_similarity([torch.randn(4, 4)]) != layer_similarity([torch.randn(4, 4)])  # NaN
 
 
@@ -66,6 +68,13 @@ def test_layer_diversity_adds_lambda_times_the_predictions_alikeness_to_the_trai
 
 
 def test_held_out_evaluation_reports_how_alike_the_predicted_layers_are():
+    """The mean over the held-out networks that have layers to compare: a one-block network's
+    0 would pull it toward 'untied'."""
     trainer = GHNTrainer(tiny_config())
-    alikeness = trainer.evaluate()["heldout_layer_alikeness"]
-    assert 0.0 < alikeness <= 1.0
+    deep = [a for a in trainer.archs if a.depth > 1][:2]
+    shallow = [a for a in trainer.archs if a.depth == 1][:1]
+    assert deep and shallow
+    alone = trainer.evaluate(deep)["heldout_layer_alikeness"]
+    assert 0.0 < alone <= 1.0
+    assert trainer.evaluate(deep + shallow)["heldout_layer_alikeness"] == pytest.approx(alone)
+    assert "heldout_layer_alikeness" not in trainer.evaluate(shallow)
