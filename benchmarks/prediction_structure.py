@@ -38,23 +38,20 @@ def rms(tensors: list[torch.Tensor]) -> float:
     return float(torch.cat([t.flatten() for t in tensors]).pow(2).mean().sqrt())
 
 
-def detached_roles(params) -> dict[str, list[torch.Tensor]]:
-    return {role: [t.detach() for t in tensors] for role, tensors in roles(params).items()}
-
-
+@torch.no_grad()
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("ghns", nargs="+", help="GHN checkpoint folders or preset names")
     parser.add_argument("--target", default="vit-cpu-target")
     args = parser.parse_args()
     arch = resolve_target(args.target)
-    default = detached_roles(default_model(arch, seed=0).named_parameters())
+    default = roles(default_model(arch, seed=0).named_parameters())
     print(f"target {args.target}; default init: seed 0\n")
     print("| role | layers | GHN | rank (of min dim) | RMS predicted / default "
           "| layer similarity predicted / default |")
     print("|---|---|---|---|---|---|")
     for ghn in args.ghns:
-        predicted = detached_roles(predict_params(resolve_ghn(ghn), arch).items())
+        predicted = roles(predict_params(resolve_ghn(ghn), arch).items())
         for role, tensors in predicted.items():
             ranks = [numerical_rank(t) for t in tensors]
             print(f"| `{role}` | {len(tensors)} | {os.path.basename(ghn.rstrip('/'))} "

@@ -51,18 +51,13 @@ def layer_similarity(tensors: list[torch.Tensor]) -> float:
                for a, b in pairs) / len(pairs)
 
 
-def has_layers_to_compare(params: dict[str, torch.Tensor]) -> bool:
-    """Whether some weight-matrix role of ``params`` has at least two layers."""
-    return any(len(tensors) > 1 for tensors in roles(params.items()).values())
-
-
-def layer_alikeness(params: dict[str, torch.Tensor]) -> torch.Tensor:
+def layer_alikeness(params: dict[str, torch.Tensor]) -> torch.Tensor | None:
     """The mean, over the roles with at least two layers, of the mean squared cosine similarity
     between the role's matrices in every pair of layers: 1 for copies (or sign-flipped copies)
     of one matrix in every layer, about 1 / size for independent random matrices. Squared, so
-    that layers cannot lower it by alternating signs. Differentiable in ``params``. A network
-    with no role of two layers has nothing to compare: 0, so that a penalty on it is nothing
-    (leave such networks out of an average: ``has_layers_to_compare``)."""
+    that layers cannot lower it by alternating signs. Differentiable in ``params``. None for a
+    network with no role of two layers (one block): it has nothing to compare, and a 0 would
+    pull an average toward 'untied'."""
     terms = []
     for tensors in roles(params.items()).values():
         if len(tensors) < 2:
@@ -71,7 +66,4 @@ def layer_alikeness(params: dict[str, torch.Tensor]) -> torch.Tensor:
         cosines = unit @ unit.T
         off_diagonal = ~torch.eye(len(tensors), dtype=torch.bool, device=cosines.device)
         terms.append(cosines[off_diagonal].pow(2).mean())
-    if not terms:
-        first = next(iter(params.values()), None)
-        return torch.zeros((), device=first.device if first is not None else None)
-    return torch.stack(terms).mean()
+    return torch.stack(terms).mean() if terms else None

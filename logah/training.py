@@ -55,7 +55,7 @@ from logah.devices import resolve_device
 from logah.errors import LogahError
 from logah.io import FRACTION, NON_NEGATIVE, POSITIVE, SEED, ConfigRecord, atomic_file
 from logah.ghn import GHN, GHNConfig, build_ghn
-from logah.layer_roles import has_layers_to_compare, layer_alikeness
+from logah.layer_roles import layer_alikeness
 from logah.graph import Graph, graph_of
 from logah.presets import get_preset
 from logah.targets import Arch, build_model
@@ -197,10 +197,15 @@ class GHNTrainer(Trainer):
         predictions = self.model([self.graph(a) for a in archs])
         self.last_draw = {"archs": [self.archs.index(a) for a in archs],
                           "samples": self.task.sample_ids(step)}
-        diversity = self.config.layer_diversity
         return sum(self.task.loss(bound_forward(self._models[a], p, a, x), y)
-                   + (diversity * layer_alikeness(p) if diversity else 0.0)
+                   + self.diversity_penalty(p)
                    for a, p in zip(archs, predictions)) / len(archs)
+
+    def diversity_penalty(self, params: dict[str, torch.Tensor]) -> torch.Tensor | float:
+        """``layer_diversity`` × how alike the predicted layers are; 0 when the term is off or
+        the network has one block."""
+        alikeness = layer_alikeness(params) if self.config.layer_diversity else None
+        return 0.0 if alikeness is None else self.config.layer_diversity * alikeness
 
     def after_step(self) -> None:
         if self.ema is not None:
@@ -245,8 +250,9 @@ class GHNTrainer(Trainer):
                     scores.append(self.task.evaluate(
                         lambda x, model=model, params=params, arch=arch: bound_forward(model, params, arch, x),
                         self.device))
-                if has_layers_to_compare(params):    # a one-block network has no pair of layers
-                    alikeness.append(float(layer_alikeness(params)))
+                layers = layer_alikeness(params)     # None for a one-block network
+                if layers is not None:
+                    alikeness.append(float(layers))
         metrics = {f"heldout_{k}": float(np.mean([s[k] for s in scores])) for k in scores[0]}
         if alikeness:
             metrics["heldout_layer_alikeness"] = float(np.mean(alikeness))
