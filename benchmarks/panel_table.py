@@ -1,9 +1,12 @@
-"""The test metric per target and on the panel mean for init-comparison studies run at one
-learning rate (ViT: accuracy in %; GPT-2 and Llama: perplexity), one row per init and lever
-setting (``null_fill``, ``unit_variance``, ``mimetic_attention``, ``init_noise``, the GHN's
-``depth_encoding`` and its training's ``layer_diversity``), then every trial, and the paired (same replicate)
-differences of the panel mean between rows — the figures of init_study.md's "Panel, one
-learning rate" sections.
+"""The test metric per target and on the panel mean for init-comparison studies (ViT: accuracy
+in %; GPT-2 and Llama: perplexity), one row per init and lever setting (``null_fill``,
+``unit_variance``, ``mimetic_attention``, ``init_noise``, the GHN's ``depth_encoding`` and its
+training's ``layer_diversity``) and learning rate, then every trial, and the paired (same
+replicate) differences of the panel mean between rows — the figures of init_study.md's "Panel"
+sections. When the studies ran a row at several learning rates, one more table gives each row
+at its best learning rate per target, chosen on the mean final *validation* metric over
+replicates (``logah.analysis.stats.at_best_setting_per_target``), and the paired differences
+there.
 
     .venv/bin/python benchmarks/panel_table.py runs/studies/panel-nullfill-vit-cpu \
         runs/studies/panel-random-vit-cpu
@@ -18,6 +21,7 @@ import sys
 import numpy as np
 import pandas as pd
 
+from logah.analysis.stats import PANEL_MEAN, at_best_setting_per_target
 from logah.analysis.tables import combined_trials, load_studies
 
 LEVERS = ("finetune.null_fill", "finetune.init_noise", "finetune.unit_variance",
@@ -50,7 +54,9 @@ if {s.primary.metric for s in studies} != {primary.metric}:
     sys.exit("panel_table.py: the studies report different metrics; give studies of one task")
 t = combined_trials(studies)
 t = t[t.status == "COMPLETE"].copy()
-t["row"] = t.apply(row_label, axis=1)
+t["init_row"] = t.apply(row_label, axis=1)
+lrs = sorted(t["finetune.lr"].unique())
+t["row"] = (t.init_row + t["finetune.lr"].map(lambda lr: f" @ lr {lr:g}")) if len(lrs) > 1 else t.init_row
 if primary.higher_is_better:     # accuracy, shown in %
     t["test"] *= 100
     t["zero_shot"] *= 100
@@ -72,7 +78,7 @@ cells = t.groupby(["row", "target"]).agg(test=("test", "mean"), sd=("test", "std
 targets = sorted(t.target.unique())
 panel = t.groupby(["row", "finetune.seed"]).test.agg(["mean", "size"])
 panel = panel[panel["size"] == len(targets)]["mean"].unstack(0)     # seeds x rows, full replicates
-print(f"| init (lr {', '.join(f'{v:g}' for v in sorted(t['finetune.lr'].unique()))}) | "
+print(f"| init (lr {', '.join(f'{v:g}' for v in lrs)}) | "
       + " | ".join(targets) + " | panel mean | zero-shot (val), panel mean |")
 print("|---|" + "---|" * (len(targets) + 2))
 for row in sorted(t.row.unique()):
@@ -91,11 +97,45 @@ print()
 trials = t[["row", "target", "finetune.seed", "zero_shot", "best", "test", "wall_s"]]
 print(trials.sort_values(["row", "target", "finetune.seed"]).to_string(index=False))
 print()
-print(panel.round(2).to_string())
-print()
-print("paired differences of the panel mean (row minus column), mean ± std over replicates:")
-for a, b in itertools.permutations(panel.columns, 2):
-    d = (panel[a] - panel[b]).dropna()
-    if len(d) > 1 and a > b:
-        each = ", ".join(f"{v:+.2f}" for v in d)
-        print(f"  {a}  minus  {b}: {d.mean():+.2f} ± {d.std():.2f} ({each})")
+
+
+def paired_differences(panel: pd.DataFrame) -> None:
+    """Per-replicate panel means (replicates x rows), then each pair of rows' difference."""
+    print(panel.round(2).to_string())
+    print()
+    print("paired differences of the panel mean (row minus column), mean ± std over replicates:")
+    for a, b in itertools.permutations(panel.columns, 2):
+        d = (panel[a] - panel[b]).dropna()
+        if len(d) > 1 and a > b:
+            each = ", ".join(f"{v:+.2f}" for v in d)
+            print(f"  {a}  minus  {b}: {d.mean():+.2f} ± {d.std():.2f} ({each})")
+
+
+paired_differences(panel)
+if len(lrs) > 1:
+    print()
+    print("each row at its best lr per target (mean final validation over replicates chooses):")
+    print()
+    mode = "max" if primary.higher_is_better else "min"
+    best = at_best_setting_per_target(t, by=["init_row"], setting="finetune.lr", choose_on="final",
+                                      mode=mode, report=["test"], replicates=["finetune.seed"])
+    print("| init, each at its best lr | " + " | ".join(targets) + " | panel mean |")
+    print("|---|" + "---|" * (len(targets) + 1))
+    for row, group in best.groupby("init_row"):
+        cells = group.set_index("target")
+        parts = []
+        for tg in targets:
+            if tg not in cells.index:
+                parts.append("–")
+                continue
+            c = cells.loc[tg]
+            parts.append(f"{c.test_mean:.1f} ± {c.test_std:.1f} (lr {c['finetune.lr']:g}, "
+                         f"n={int(c.test_count)})")
+        m = cells.loc[PANEL_MEAN]
+        print(f"| {row} | " + " | ".join(parts) + f" | {m.test_mean:.1f} ± {m.test_std:.1f} "
+              f"(n={int(m.test_count)}) |")
+    print()
+    chosen = best[best.target != PANEL_MEAN][["init_row", "target", "finetune.lr"]]
+    at_best = t.merge(chosen, on=["init_row", "target", "finetune.lr"])
+    per_replicate = at_best.groupby(["init_row", "finetune.seed"]).test.agg(["mean", "size"])
+    paired_differences(per_replicate[per_replicate["size"] == len(targets)]["mean"].unstack(0))

@@ -104,6 +104,13 @@ def test_a_sweep_of_variants_narrows_them_by_name():
                                           sweep={"init": Choice("random", "logah")}))
     assert plan.space["init"].grid() == ["random", "logah"] and plan.num_samples == 2 * 3 * 3 * 4
     assert plan.trial_config({"init": "logah", "seed": "s1", "finetune.lr": 0.05}).uses_ghn
+    levers = plan_study(study, StudyOptions(preset="cpu", task="vit", storage="/tmp/unused"))
+    tuned = levers.trial_config({"init": "logah_levers", "seed": "s0", "finetune.lr": 0.05})
+    assert (tuned.finetune.init, tuned.finetune.null_fill, tuned.finetune.unit_variance,
+            tuned.ghn_training.ghn.depth_encoding) == ("logah", 1.0, True, "relative")
+    with pytest.raises(LogahError, match="no variant 'logah_levers'"):     # ViT's alone
+        plan_study(study, StudyOptions(preset="cpu", task="gpt2", storage="/tmp/unused",
+                                       sweep={"init": Choice("logah_levers")}))
     with pytest.raises(LogahError, match="no variant 'xavier'.*random, orthogonal, mimetic, lsuv, ghn3, logah"):
         plan_study(study, StudyOptions(preset="cpu", task="vit", storage="/tmp/unused",
                                        sweep={"init": Choice("random", "xavier")}))
