@@ -1,7 +1,7 @@
 """The test metric per target and on the panel mean for init-comparison studies (ViT: accuracy
 in %; GPT-2 and Llama: perplexity), one row per init and lever setting (``null_fill``,
-``unit_variance``, ``mimetic_attention``, ``init_noise``, the GHN's ``depth_encoding`` and its
-training's ``layer_diversity``) and learning rate, then every trial, and the paired (same
+``rescale_directions``, ``unit_variance``, ``mimetic_attention``, ``init_noise``, the GHN's
+``depth_encoding`` and its training's ``layer_diversity``) and learning rate, then every trial, and the paired (same
 replicate) differences of the panel mean between rows — the figures of init_study.md's "Panel"
 sections. When the studies ran a row at several learning rates, one more table gives each row
 at its best learning rate per target, chosen on the mean final *validation* metric over
@@ -24,9 +24,9 @@ import pandas as pd
 from logah.analysis.stats import PANEL_MEAN, at_best_setting_per_target
 from logah.analysis.tables import combined_trials, load_studies
 
-LEVERS = ("finetune.null_fill", "finetune.init_noise", "finetune.unit_variance",
-          "finetune.mimetic_attention", "ghn_training.ghn.depth_encoding",
-          "ghn_training.layer_diversity")
+LEVERS = ("finetune.null_fill", "finetune.rescale_directions", "finetune.init_noise",
+          "finetune.unit_variance", "finetune.mimetic_attention",
+          "ghn_training.ghn.depth_encoding", "ghn_training.layer_diversity")
 # a lever at its default is not named in a row's label
 LEVER_DEFAULTS = {"ghn_training.ghn.depth_encoding": "absolute"}
 

@@ -158,6 +158,8 @@ FINETUNE_ALIASES = [
           "every predicted weight matrix (not the paper's)"),
     Alias("--null-fill", "null_fill", "ghn3 / logah: add BETA x the part of the target's default "
           "init outside each predicted matrix's directions (not the paper's)"),
+    Alias("--rescale-directions", "rescale_directions", "ghn3 / logah: scale each predicted "
+          "matrix so that its directions have the default init's strength (not the paper's)"),
     Alias("--mimetic-attention", "mimetic_attention", "ghn3 / logah: mimetic attention layers, "
           "the prediction everywhere else (not the paper's)"),
     Alias("--unit-variance", "unit_variance", "after the init (not lsuv): rescale every layer "

@@ -27,6 +27,14 @@ prediction's singular vectors (``null_space_part``): the r predicted directions 
 the GHN made them, the empty ones start at the default init's scale, and the layers, predicted
 alike, differ in what was empty. ``init_noise`` changes the predicted directions too.
 
+``rescale_directions`` (not the paper's) multiplies each predicted matrix by the number that
+gives its non-zero singular values the RMS of the default init's (``default_direction_scale``).
+A rank-r prediction carries a full matrix's norm in r directions, so each is several times as
+strong as one direction of the default init (3.5× for the attention and first MLP matrices of
+``vit-cpu-target``); with ``null_fill`` the rescaled prediction is a default-scale matrix whose r
+strongest-by-choice directions are the GHN's, the others the default init's. It separates what
+the predicted directions are from how much of the matrix they take.
+
 Two more levers of the init studies, steps applied after the init:
 
 * ``mimetic_attention`` (GHN inits): every attention layer given the mimetic structure
@@ -89,6 +97,20 @@ def null_space_part(prediction: torch.Tensor, default: torch.Tensor,
     return fill.reshape(prediction.shape).to(prediction.dtype)
 
 
+def default_direction_scale(prediction: torch.Tensor, default: torch.Tensor,
+                            tolerance: float = NULL_TOLERANCE) -> torch.Tensor:
+    """``prediction`` (read as a matrix of ``shape[0]`` rows) times the ratio of the RMS singular
+    value of ``default`` to the RMS of ``prediction``'s non-zero ones (above ``tolerance`` × its
+    largest): its directions unchanged, each at the default init's typical strength."""
+    predicted = torch.linalg.svdvals(prediction.detach().reshape(prediction.shape[0], -1).double())
+    own = torch.linalg.svdvals(default.detach().reshape(prediction.shape[0], -1).double())
+    kept = predicted[predicted > tolerance * predicted.max()] if predicted.numel() else predicted
+    if not kept.numel() or not kept.max() > 0:
+        return prediction       # nothing predicted: nothing to rescale
+    ratio = own.pow(2).mean().sqrt() / kept.pow(2).mean().sqrt()
+    return prediction * ratio.to(prediction.dtype)
+
+
 def orthogonalize(model: nn.Module, seed: int) -> nn.Module:
     """Replace every weight matrix of ``model`` by a (semi-)orthogonal one, in place."""
     generator = torch.Generator().manual_seed(seed)
@@ -104,11 +126,13 @@ def orthogonalize(model: nn.Module, seed: int) -> nn.Module:
 def predicted_model(arch: Arch, ghn_path: str | Path, seed: int,
                     expect_decoder: str | None = None, *, dataset: str | None = None,
                     tokenizer=None, keep_classifier: bool = False,
-                    init_noise: float = 0.0, null_fill: float = 0.0) -> nn.Module:
+                    init_noise: float = 0.0, null_fill: float = 0.0,
+                    rescale_directions: bool = False) -> nn.Module:
     """``arch`` with parameters predicted by the GHN checkpoint at ``ghn_path``, for ``dataset``
     read with ``tokenizer`` (both optional: they decide what ``logah.transfer`` re-initialises),
-    each weight matrix plus ``init_noise`` × its default init of ``seed`` and ``null_fill`` × the
-    part of that default init outside the prediction's directions (module docstring)."""
+    each weight matrix rescaled to the default init's strength per direction if
+    ``rescale_directions``, plus ``init_noise`` × its default init of ``seed`` and ``null_fill`` ×
+    the part of that default init outside the prediction's directions (module docstring)."""
     from logah.checkpoint import is_checkpoint, load_ghn
     from logah.predict import materialize, predict_params
     from logah.transfer import check_target, reinitialised
@@ -125,11 +149,13 @@ def predicted_model(arch: Arch, ghn_path: str | Path, seed: int,
                                                    tokenizer=tokenizer,
                                                    keep_classifier=keep_classifier)
                    if name in params]   # a tied LM head has no parameter of its own
-    if fresh_names or init_noise or null_fill:
+    if fresh_names or init_noise or null_fill or rescale_directions:
         fresh = {name: value.detach() for name, value in default_model(arch, seed).named_parameters()}
         perturbed = [name for name, value in params.items()
                      if is_weight_matrix(name, value) and name not in fresh_names]
         for name in perturbed:
+            if rescale_directions:
+                params[name] = default_direction_scale(params[name], fresh[name])
             if null_fill:     # read off the prediction alone, before any noise is added
                 params[name] = params[name] + null_fill * null_space_part(params[name], fresh[name])
             if init_noise:
@@ -163,6 +189,13 @@ def check_perturbation(init: str, amount: float, name: str = "init_noise") -> No
     if amount and init not in GHN_INITS:
         raise LogahError(f"{name} perturbs a GHN prediction; init {init!r} has none (use "
                          f"{' or '.join(GHN_INITS)})")
+
+
+def check_rescale_directions(init: str, rescale_directions: bool) -> None:
+    """``rescale_directions`` rescales a GHN prediction; the other inits have none."""
+    if rescale_directions and init not in GHN_INITS:
+        raise LogahError(f"rescale_directions rescales a GHN prediction; init {init!r} has none "
+                         f"(use {' or '.join(GHN_INITS)})")
 
 
 def lsuv_model(arch: Arch, seed: int, task, device: str | torch.device = "cpu") -> nn.Module:
@@ -217,15 +250,16 @@ def initial_model(arch: Arch, init: str, *, ghn: str | Path | None = None, seed:
                   device: str | torch.device = "cpu", task=None,
                   keep_classifier: bool = False, init_noise: float = 0.0, null_fill: float = 0.0,
                   mimetic: MimeticScalars | None = None, mimetic_attention: bool = False,
-                  unit_variance: bool = False) -> nn.Module:
+                  unit_variance: bool = False, rescale_directions: bool = False) -> nn.Module:
     """``arch`` initialised by ``init`` (one of ``INIT_KINDS`` or a predicted-parameters folder).
     ``task`` (``logah.tasks``): the data the target is for, which a GHN init's transfer rules
     read (``logah.transfer``) and ``lsuv`` / ``unit_variance`` take their batch from.
-    ``init_noise``, ``null_fill``, ``mimetic_attention``: GHN inits only; ``unit_variance``: any
+    ``init_noise``, ``null_fill``, ``rescale_directions``, ``mimetic_attention``: GHN inits only; ``unit_variance``: any
     but ``lsuv`` (see the module docstring). ``mimetic``: the scalars of the mimetic init and of
     ``mimetic_attention`` (default: the paper's)."""
     check_perturbation(init, init_noise)
     check_perturbation(init, null_fill, "null_fill")
+    check_rescale_directions(init, rescale_directions)
     check_mimetic(init, mimetic, mimetic_attention)
     check_unit_variance(init, unit_variance)
     if unit_variance:
@@ -245,7 +279,7 @@ def initial_model(arch: Arch, init: str, *, ghn: str | Path | None = None, seed:
                                 dataset=task.data.dataset if task is not None else None,
                                 tokenizer=getattr(task, "tokenizer", None),
                                 keep_classifier=keep_classifier, init_noise=init_noise,
-                                null_fill=null_fill)
+                                null_fill=null_fill, rescale_directions=rescale_directions)
     elif Path(init).is_dir():
         model = saved_model(arch, init)
     else:

@@ -15,7 +15,7 @@ from logah.finetune import (FinetuneConfig, make_finetuner, evaluate_init, expor
                             initialised_target, load_finetuned)
 from logah.families import family_of
 from logah.init_kinds import INIT_KINDS
-from logah.inits import default_model, first_batch_inputs, initial_model
+from logah.inits import default_model, first_batch_inputs, initial_model, null_space_part
 from logah.lsuv import TOLERANCE, layers_in_forward_order, output_variance
 from logah.predict import predict_params
 from logah.checkpoint import load_ghn
@@ -167,6 +167,36 @@ def test_null_fill_keeps_the_predicted_directions_and_fills_the_rest_at_the_defa
         ft_config("vit", init="mimetic", null_fill=1.0).validate()
     with pytest.raises(LogahError, match="null_fill must be a number"):
         initial_model(SMALL_VIT, "logah", ghn=folder, null_fill=-1.0)
+
+
+def test_rescale_directions_gives_each_predicted_direction_the_default_inits_strength(ghns):
+    """Each predicted matrix keeps its directions (the same singular vectors, the same ratios
+    between its singular values) and its non-zero singular values get the RMS of the default
+    init's; with null_fill the fill is the same as without the rescale."""
+    folder = ghns["vit", "low-rank"]
+    predicted = predict_params(load_ghn(folder), SMALL_VIT)
+    default = dict(default_model(SMALL_VIT, seed=3).named_parameters())
+    rescaled = dict(initial_model(SMALL_VIT, "logah", ghn=folder, seed=3,
+                                  rescale_directions=True).named_parameters())
+    both = dict(initial_model(SMALL_VIT, "logah", ghn=folder, seed=3, rescale_directions=True,
+                              null_fill=1.0).named_parameters())
+    for name in [n for n in rescaled if n.endswith(("out_proj.weight", "mlp.0.weight"))]:
+        w, r = predicted[name].double(), rescaled[name].detach().double()
+        s_w, s_r = torch.linalg.svdvals(w), torch.linalg.svdvals(r)
+        kept = s_w > 1e-4 * s_w.max()
+        assert kept.sum() < len(s_w)         # a low-rank prediction, rescaled as one
+        own = torch.linalg.svdvals(default[name].detach().double())
+        torch.testing.assert_close(s_r[kept].pow(2).mean().sqrt(), own.pow(2).mean().sqrt(),
+                                   rtol=1e-4, atol=0)
+        ratio = (r.norm() / w.norm()).item()
+        assert abs(ratio - 1) > 0.1                       # it did change the strength here
+        torch.testing.assert_close(r, w * ratio, rtol=1e-4, atol=1e-6)   # same directions
+        fill = both[name].detach().double() - r
+        torch.testing.assert_close(fill, null_space_part(w, default[name].detach().double()),
+                                   rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(rescaled["encoder.pos_embedding"], predicted["encoder.pos_embedding"])
+    with pytest.raises(LogahError, match="rescale_directions rescales a GHN prediction"):
+        ft_config("vit", init="random", rescale_directions=True).validate()
 
 
 def attention(model, arch):
