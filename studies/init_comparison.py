@@ -34,12 +34,13 @@ PAPER_INITS = Variants(
     logah={"finetune.init": "logah"},
 )
 # LoGAH with the levers that were best on the ViT panel (benchmarks/results/init_study.md, not
-# the paper's): the prediction's empty directions filled at the default init's scale, every layer
-# at unit output variance, depth encoded relative to the network's. On GPT-2 the same levers cost
-# 12 perplexity, so only the ViT space has this variant.
+# the paper's): each predicted direction at the default init's strength, the prediction's empty
+# directions filled at the default init's scale, every layer at unit output variance, depth
+# encoded relative to the network's. On GPT-2 the fill and scaling cost 12 perplexity, so only
+# the ViT space has this variant.
 VIT_INITS = Variants(**INITS.options, logah_levers={
-    "finetune.init": "logah", "finetune.null_fill": 1.0, "finetune.unit_variance": True,
-    "ghn_training.ghn.depth_encoding": "relative"})
+    "finetune.init": "logah", "finetune.rescale_directions": True, "finetune.null_fill": 1.0,
+    "finetune.unit_variance": True, "ghn_training.ghn.depth_encoding": "relative"})
 # replicate k trains its GHN with seed k and fine-tunes with seed k: the spread over replicates
 # covers both sources of variance, and a baseline init is never run twice with the same seed
 SEEDS = Variants(**{f"s{k}": {"finetune.seed": k, "ghn_training.seed": k} for k in range(3)})

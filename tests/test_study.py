@@ -106,8 +106,9 @@ def test_a_sweep_of_variants_narrows_them_by_name():
     assert plan.trial_config({"init": "logah", "seed": "s1", "finetune.lr": 0.05}).uses_ghn
     levers = plan_study(study, StudyOptions(preset="cpu", task="vit", storage="/tmp/unused"))
     tuned = levers.trial_config({"init": "logah_levers", "seed": "s0", "finetune.lr": 0.05})
-    assert (tuned.finetune.init, tuned.finetune.null_fill, tuned.finetune.unit_variance,
-            tuned.ghn_training.ghn.depth_encoding) == ("logah", 1.0, True, "relative")
+    assert (tuned.finetune.init, tuned.finetune.rescale_directions, tuned.finetune.null_fill,
+            tuned.finetune.unit_variance, tuned.ghn_training.ghn.depth_encoding) == (
+        "logah", True, 1.0, True, "relative")
     with pytest.raises(LogahError, match="no variant 'logah_levers'"):     # ViT's alone
         plan_study(study, StudyOptions(preset="cpu", task="gpt2", storage="/tmp/unused",
                                        sweep={"init": Choice("logah_levers")}))
