@@ -1,9 +1,9 @@
 """The test metric per target and on the panel mean for init-comparison studies (ViT: accuracy
 in %; GPT-2 and Llama: perplexity), one row per init and lever setting (``null_fill``,
 ``rescale_directions``, ``unit_variance``, ``mimetic_attention``, ``init_noise``, the GHN's
-``depth_encoding`` and its training's ``layer_diversity``) and learning rate, then every trial, and the paired (same
-replicate) differences of the panel mean between rows — the figures of init_study.md's "Panel"
-sections. When the studies ran a row at several learning rates, one more table gives each row
+``depth_encoding`` and its training's ``layer_diversity``) and learning rate, then every trial,
+and the paired (same replicate) differences of the panel mean between rows — the figures of
+init_study.md's "Panel" sections. When the studies ran a row at several learning rates, one more table gives each row
 at its best learning rate per target, chosen on the mean final *validation* metric over
 replicates (``logah.analysis.stats.at_best_setting_per_target``), and the paired differences
 there.

@@ -30,10 +30,10 @@ alike, differ in what was empty. ``init_noise`` changes the predicted directions
 ``rescale_directions`` (not the paper's) multiplies each predicted matrix by the number that
 gives its non-zero singular values the RMS of the default init's (``default_direction_scale``).
 A rank-r prediction carries a full matrix's norm in r directions, so each is several times as
-strong as one direction of the default init (3.5× for the attention and first MLP matrices of
-``vit-cpu-target``); with ``null_fill`` the rescaled prediction is a default-scale matrix whose r
-strongest-by-choice directions are the GHN's, the others the default init's. It separates what
-the predicted directions are from how much of the matrix they take.
+strong as one direction of the default init (about 3× for the attention and first MLP matrices
+of ``vit-cpu-target``, r = 16 of 96); with ``null_fill`` the rescaled prediction has the default
+init's spectrum, r of its directions chosen by the GHN and the others the default init's. It
+separates which directions the GHN predicts from how much of the matrix they take.
 
 Two more levers of the init studies, steps applied after the init:
 
