@@ -32,8 +32,10 @@ LEVER_DEFAULTS = {"ghn_training.ghn.depth_encoding": "absolute"}
 
 
 def row_label(trial: pd.Series) -> str:
-    """``logah + null_fill 1 + unit_variance``: the init and each lever it ran with."""
-    parts = [str(trial["init"])]
+    """``logah + null_fill 1 + unit_variance``: the init and each lever it ran with. The init is
+    the one that ran (``finetune.init``), not the study's variant name, so that a variant which
+    bundles levers (``logah_levers``) and the same levers swept one by one make one row."""
+    parts = [str(trial["finetune.init"])]
     for column in LEVERS:
         value = trial.get(column)
         if value is None or pd.isna(value) or not value or value == LEVER_DEFAULTS.get(column):
