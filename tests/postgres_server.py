@@ -13,10 +13,11 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
+
+from free_ports import free_port
 
 DEBIAN_BINDIRS = "/usr/lib/postgresql/*/bin"
 START_TIMEOUT_S = 60
@@ -29,12 +30,6 @@ def server_bindir() -> Path | None:
         return Path(on_path).resolve().parent  # the real bindir, also for symlinks on PATH
     found = sorted(glob.glob(DEBIAN_BINDIRS), key=lambda p: int(Path(p).parent.name))
     return Path(found[-1]) if found else None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class PostgresServer:
@@ -54,7 +49,7 @@ class PostgresServer:
         self.root = Path(tempfile.mkdtemp(prefix="logah-pg-"))
         if self.run_as:
             shutil.chown(self.root, user=self.run_as, group=self.run_as)
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"postgresql://{self.user}@127.0.0.1:{self.port}/{self.database}"
 
     def _run(self, tool: str, *args: str) -> None:

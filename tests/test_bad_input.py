@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from free_ports import free_port
 
 from logah.cli import main
 
@@ -242,15 +243,6 @@ def _edit_json(path: Path, keys: tuple, value) -> None:
     path.write_text(json.dumps(record))
 
 
-def _free_port() -> int:
-    """A local port nothing listens on (bound, then released)."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _set_up(tmp_path: Path, args: list[str]) -> tuple[list[str], Path]:
     """The case's arguments with its files made; and its output location. ``{cwd}`` runs the
     case in a folder holding a file of the user's and stands for ``.``; ``{cwd_parent}`` for
@@ -303,7 +295,7 @@ def _set_up(tmp_path: Path, args: list[str]) -> tuple[list[str], Path]:
                 path = tmp_path / "notes.html"
                 path.write_text("my notes, not a report")
             elif key == "free_port":
-                path = _free_port()
+                path = free_port()
             elif key in ("file", "json_file"):
                 path = out if key == "file" else tmp_path / "out.json"
                 path.write_text("mine")

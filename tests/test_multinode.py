@@ -22,7 +22,6 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,7 @@ from pathlib import Path
 import pandas as pd
 import psutil
 import pytest
+from free_ports import free_ports, ray_node_ports
 
 pytestmark = pytest.mark.slow
 
@@ -40,23 +40,6 @@ ROOT = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).parent / "ray")
 START_TIMEOUT_S = 180
 STUDY_TIMEOUT_S = 1800
-
-
-def _free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
-def _node_ports(ports) -> list[str]:
-    """The ports of one node that Ray would otherwise take from fixed defaults."""
-    names = ("node-manager", "object-manager", "metrics-export", "dashboard-agent-listen",
-             "dashboard-agent-grpc", "runtime-env-agent")
-    return [f"--{name}-port={next(ports)}" for name in names]
 
 
 class TwoRayNodes:
@@ -69,16 +52,15 @@ class TwoRayNodes:
                     "RAY_USAGE_STATS_ENABLED": "0",
                     # `python` in a job's entrypoint is this environment's, as in an activated venv
                     "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-        ports = iter(_free_ports(15))
-        self.gcs_port, self.dashboard_port, client_port = next(ports), next(ports), next(ports)
+        self.gcs_port, self.dashboard_port = free_ports(2)
         self.dashboard = f"http://127.0.0.1:{self.dashboard_port}"
         common = ["--num-cpus=1", "--object-store-memory=100000000", "--disable-usage-stats"]
         self.head_args = ["--head", f"--port={self.gcs_port}", f"--dashboard-port={self.dashboard_port}",
-                          "--dashboard-host=127.0.0.1", f"--ray-client-server-port={client_port}",
+                          "--dashboard-host=127.0.0.1",
                           '--resources={"train_driver": 1}', f"--temp-dir={self.root / 'head'}",
-                          *common, *_node_ports(ports)]
+                          *common, *ray_node_ports(head=True)]
         self.worker_args = [f"--address=127.0.0.1:{self.gcs_port}", f"--temp-dir={self.root / 'node2'}",
-                            *common, *_node_ports(ports)]
+                            *common, *ray_node_ports()]
 
     def ray(self, *args: str, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
         return subprocess.run([RAY, *args], env=self.env, cwd=cwd or self.root, capture_output=True,

@@ -13,8 +13,19 @@ def two_nodes(tmp_path_factory):
     import ray
     from ray.cluster_utils import Cluster
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    cluster.add_node(num_cpus=1)
+    # Ray gives a node 30 s to register (a constant of Ray's), which a loaded machine can miss:
+    # try again, as a study's own start does (a failed try's processes go with this process)
+    for attempt in range(3):
+        cluster = None
+        try:
+            cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+            cluster.add_node(num_cpus=1)
+            break
+        except Exception:   # Ray raises a bare Exception when its processes start too slowly
+            if cluster is not None:
+                cluster.shutdown()
+            if attempt == 2:
+                raise
     ray.init(address=cluster.address, logging_level="ERROR", log_to_driver=False)
     cluster.wait_for_nodes()
     yield ray

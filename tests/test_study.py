@@ -16,6 +16,7 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
+from free_ports import free_port, ray_node_ports
 
 from logah.errors import LogahError
 from logah.init_kinds import BASELINE_INITS, INIT_KINDS
@@ -430,14 +431,6 @@ def test_resume_runs_failed_trials_again_and_counts_both_runs(tmp_path, capsys):
     assert after["finished_at"] == info["finished_at"]
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_ray_job_submit_runs_the_smoke_rank_sweep_on_a_token_authenticated_cluster(tmp_path):
     """What the README shows: ``ray start --head`` with token auth on loopback, ``ray job
@@ -454,7 +447,8 @@ def test_ray_job_submit_runs_the_smoke_rank_sweep_on_a_token_authenticated_clust
     head = subprocess.Popen(
         [bin_dir / "ray", "start", "--head", "--block", f"--port={free_port()}",
          "--num-cpus=2", '--resources={"train_driver": 2}', "--dashboard-host=127.0.0.1",
-         f"--dashboard-port={dashboard}", f"--temp-dir={temp_dir}", "--disable-usage-stats"],
+         f"--dashboard-port={dashboard}", f"--temp-dir={temp_dir}", "--disable-usage-stats",
+         *ray_node_ports(head=True)],
         env=env, stdout=open(tmp_path / "head.log", "w"), stderr=subprocess.STDOUT,
         start_new_session=True)
     storage = tmp_path / "studies"

@@ -266,7 +266,8 @@ class TaggedOptunaSearch(OptunaSearch):
     """OptunaSearch that records the Tune trial id on each Optuna trial (``tune_trial_id``), so
     the Optuna study and the trial table can be joined, and whose intermediate values are the
     fine-tuning metric as measured (``raw_metric`` at its fine-tuning step; the searcher itself
-    optimises the running best), not the GHN phase's, which have none."""
+    optimises the running best), not the GHN phase's, which have none; a multi-objective study
+    reports none (``raw_metric`` None)."""
 
     raw_metric: str | None = None
 
@@ -298,7 +299,8 @@ def _searcher(plan: StudyPlan):
                                   metric=metrics if len(metrics) > 1 else metrics[0],
                                   mode=modes if len(modes) > 1 else modes[0], sampler=sampler,
                                   study_name=plan.name, storage=storage)
-    searcher.raw_metric = plan.metric
+    # Optuna keeps intermediate values for one objective only (``Trial.report`` raises otherwise)
+    searcher.raw_metric = plan.metric if len(plan.objectives) == 1 else None
     study = searcher._ot_study        # what optuna-dashboard shows: the metric and the question
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
