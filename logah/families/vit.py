@@ -2,7 +2,8 @@
 
 Records use torchvision's constructor names (``num_layers``, ``hidden_dim``, ``num_heads``,
 ``mlp_dim``, ``image_size``, ``patch_size``, ``num_classes``). Spaces: ``vits-1k`` (the paper's
-ViTs-1K, App. E) and ``vits-cpu`` (laptop-sized). Named targets: the paper's CIFAR ViTs
+ViTs-1K, App. E), ``vits-cpu`` (laptop-sized) and ``vits-cpu-deep`` (laptop-sized, as deep as the
+CPU panel). Named targets: the paper's CIFAR ViTs
 (``vit-s``/``-b``/``-l``: ViT-S/2, B/2, L/2 at 32 px), torchvision's ImageNet ViTs
 (``vit-b-16`` ...) and CPU-study targets deeper and wider than ``vits-cpu``; the panel
 ``vit-cpu-panel`` holds four CPU shapes that differ in depth, width, heads, patch size, image size
@@ -137,6 +138,19 @@ def vits_cpu() -> ViTSpace:
                     image_size=32, num_classes=10, max_params=200_000, num_archs=100, seed=1)
 
 
+def vits_cpu_deep() -> ViTSpace:
+    """``vits-cpu`` with depths up to 10, as deep as the CPU panel's deepest target
+    (``vit-cpu-deep-narrow``): depth 1..10, width 32..64 (L 1-2), 16..48 (L 3-4) or 16..32
+    (L 5-10) step 8; otherwise ``vits-cpu``. A GHN trained on it has seen every depth the panel
+    asks for; its widths stay below the panel's, as ``vits-cpu``'s do."""
+    return ViTSpace(name="vits-cpu-deep", depth_min=1, depth_max=10,
+                    width_bands=((1, 2, 32, 64, 8),
+                                 (3, 4, 16, 48, 8),
+                                 (5, 10, 16, 32, 8)),
+                    heads_rule=((4, (2, 4)), (2, (2,)), (1, (1,))), mlp_ratio=4.0, patch_sizes=(4, 8),
+                    image_size=32, num_classes=10, max_params=200_000, num_archs=100, seed=1)
+
+
 def _cpu(num_layers: int, hidden_dim: int, num_heads: int, mlp_dim: int, patch_size: int,
          image_size: int = 32) -> ViTArch:
     return ViTArch(num_layers=num_layers, hidden_dim=hidden_dim, num_heads=num_heads,
@@ -220,7 +234,7 @@ class ViTFamily(ImageFamily):
     arch_class = ViTArch
     space_class = ViTSpace
     default_dataset = "fashion-mnist"
-    spaces = {"vits-1k": vits_1k, "vits-cpu": vits_cpu}
+    spaces = {"vits-1k": vits_1k, "vits-cpu": vits_cpu, "vits-cpu-deep": vits_cpu_deep}
     targets = TARGETS
     target_notes = TARGET_NOTES
     panels = PANELS
