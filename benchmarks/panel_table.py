@@ -1,7 +1,8 @@
 """The test metric per target and on the panel mean for init-comparison studies (ViT: accuracy
 in %; GPT-2 and Llama: perplexity), one row per init and lever setting (``null_fill``,
 ``rescale_directions``, ``unit_variance``, ``mimetic_attention``, ``init_noise``, the GHN's
-``depth_encoding`` and its training's ``layer_diversity``) and learning rate, then every trial,
+``depth_encoding`` and ``hidden`` size, its training's ``layer_diversity`` and space) and
+learning rate, then every trial,
 and the paired (same replicate) differences of the panel mean between rows — the figures of
 init_study.md's "Panel" sections. When the studies ran a row at several learning rates, one more table gives each row
 at its best learning rate per target, chosen on the mean final *validation* metric over
@@ -26,9 +27,13 @@ from logah.analysis.tables import combined_trials, load_studies
 
 LEVERS = ("finetune.null_fill", "finetune.rescale_directions", "finetune.init_noise",
           "finetune.unit_variance", "finetune.mimetic_attention",
-          "ghn_training.ghn.depth_encoding", "ghn_training.layer_diversity")
-# a lever at its default is not named in a row's label
-LEVER_DEFAULTS = {"ghn_training.ghn.depth_encoding": "absolute"}
+          "ghn_training.ghn.depth_encoding", "ghn_training.ghn.hidden",
+          "ghn_training.layer_diversity", "ghn_training.space")
+# a lever at its default is not named in a row's label; ``ghn_training.space`` is the swept
+# space's name (empty where the study kept its preset's space)
+LEVER_DEFAULTS = {"ghn_training.ghn.depth_encoding": "absolute", "ghn_training.ghn.hidden": 32}
+# the GHN's levers are LoGAH's: GHN-3's variant has its own hidden size and sweeps none
+GHN_LEVER_INITS = ("logah",)
 
 
 def row_label(trial: pd.Series) -> str:
@@ -38,6 +43,8 @@ def row_label(trial: pd.Series) -> str:
     parts = [str(trial["finetune.init"])]
     for column in LEVERS:
         value = trial.get(column)
+        if column.startswith("ghn_training.") and trial["finetune.init"] not in GHN_LEVER_INITS:
+            continue
         if value is None or pd.isna(value) or not value or value == LEVER_DEFAULTS.get(column):
             continue
         name = column.split(".")[-1]
