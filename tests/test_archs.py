@@ -128,6 +128,18 @@ def test_panels_vary_the_shape_and_go_beyond_the_training_space(panel):
         assert len({t.mlp_dim / t.hidden_dim for t in targets}) >= 3
 
 
+def test_the_deep_cpu_space_covers_every_depth_of_the_vit_panel(samples):
+    """``vits-cpu-deep`` is the lever "a training space as deep as the panel": every depth a
+    panel target has is drawn, and otherwise it is ``vits-cpu`` (same images, patches, classes)."""
+    deep, cpu = get_space("vits-cpu-deep"), get_space("vits-cpu")
+    drawn = {a.num_layers for a in samples["vits-cpu-deep"]}
+    for name in panels()["vit-cpu-panel"]:
+        assert NAMED_TARGETS[name].depth in drawn, name
+    for field in ("image_size", "patch_sizes", "num_classes", "mlp_ratio", "heads_rule"):
+        assert getattr(deep, field) == getattr(cpu, field), field
+    assert max(arch_params(a) for a in samples["vits-cpu-deep"]) <= deep.max_params
+
+
 @pytest.mark.parametrize("suffix", [".json", ".parquet"])
 def test_save_and_load_round_trip(tmp_path, samples, suffix):
     archs = samples["vits-cpu"][:30] + samples["gpts-cpu"][:30]            # mixed families
