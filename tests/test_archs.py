@@ -221,10 +221,11 @@ def test_impossible_gpt2_spaces_and_bad_names():
 
 
 # Distinct configurations that a second draw of 10 x num_archs finds outside the training list
-# (seed 1): the paper spaces and gpts-cpu have none to spare, vits-cpu has 22; the Llama spaces
-# (which also draw KV heads, MLP ratio and tying) have far more configurations than draws.
-UNSEEN = {"vits-1k": 0, "gpts-1k": 0, "vits-cpu": 22, "gpts-cpu": 0, "llamas-1k": 122,
-          "llamas-cpu": 337}
+# (seed 1): the paper spaces and gpts-cpu have none to spare, vits-cpu has 22, vits-cpu-deep (ten
+# depths) 83; the Llama spaces (which also draw KV heads, MLP ratio and tying) have far more
+# configurations than draws.
+UNSEEN = {"vits-1k": 0, "gpts-1k": 0, "vits-cpu": 22, "vits-cpu-deep": 83, "gpts-cpu": 0,
+          "llamas-1k": 122, "llamas-cpu": 337}
 
 
 @pytest.mark.parametrize("name", sorted(SPACES))
