@@ -29,8 +29,17 @@ ROOT = Path(__file__).resolve().parents[1]
 def ray_local():
     import ray
 
-    ray.init("local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             logging_level="ERROR")
+    # Ray gives its node 30 s to register (a constant of Ray's), which a loaded machine can
+    # miss: try again, as a study's own start does (logah.study.runner)
+    for attempt in range(3):
+        try:
+            ray.init("local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+                     logging_level="ERROR")
+            break
+        except Exception:   # Ray raises a bare Exception when its processes start too slowly
+            ray.shutdown()
+            if attempt == 2:
+                raise
     yield ray
     ray.shutdown()
 
