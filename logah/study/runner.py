@@ -271,10 +271,30 @@ class TaggedOptunaSearch(OptunaSearch):
 
     raw_metric: str | None = None
 
+    def _running_trial(self, trial_id: str):
+        """The trial's Optuna trial, a fresh one with the same settings when the stored one has
+        finished: a study stopped with Ctrl-C tells Optuna that its running trials failed, and
+        ``--resume`` runs them again under the same Tune ids, which Optuna refuses to update."""
+        storage = self._ot_study._storage
+        stored = storage.get_trial(self._ot_trials[trial_id]._trial_id)
+        if stored.state.is_finished():
+            self._ot_study.enqueue_trial(stored.params)
+            fresh = self._ot_study.ask(fixed_distributions=stored.distributions)
+            fresh.set_user_attr("tune_trial_id", trial_id)
+            self._ot_trials[trial_id] = fresh
+            self._completed_trials.discard(trial_id)
+        return self._ot_trials[trial_id]
+
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if (self.raw_metric in result and "step" in result
                 and trial_id not in self._completed_trials):
-            self._ot_trials[trial_id].report(result[self.raw_metric], result["step"])
+            self._running_trial(trial_id).report(result[self.raw_metric], result["step"])
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None,
+                          error: bool = False) -> None:
+        if trial_id in self._ot_trials and trial_id not in self._completed_trials:
+            self._running_trial(trial_id)
+        super().on_trial_complete(trial_id, result=result, error=error)
 
     def suggest(self, trial_id: str):
         config = super().suggest(trial_id)
