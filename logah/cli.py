@@ -17,6 +17,7 @@ from pathlib import Path
 
 from logah.cli_settings import Alias, add_setting_options, settings_from_args
 from logah.errors import LogahError, print_error
+from logah.init_kinds import FILL_INITS
 from logah.io import output_path
 
 
@@ -160,6 +161,9 @@ FINETUNE_ALIASES = [
           "init outside each predicted matrix's directions (not the paper's)"),
     Alias("--rescale-directions", "rescale_directions", "ghn3 / logah: scale each predicted "
           "matrix so that its directions have the default init's strength (not the paper's)"),
+    Alias("--fill-init", "fill_init", "ghn3 / logah: the init that --init-noise, --null-fill and "
+          "--rescale-directions read (orthogonal: LSUV's start when with --unit-variance)",
+          choices=FILL_INITS),
     Alias("--mimetic-attention", "mimetic_attention", "ghn3 / logah: mimetic attention layers, "
           "the prediction everywhere else (not the paper's)"),
     Alias("--unit-variance", "unit_variance", "after the init (not lsuv): rescale every layer "

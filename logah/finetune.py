@@ -38,8 +38,8 @@ import torch
 
 from logah.devices import check_memory, resolve_device
 from logah.errors import LogahError
-from logah.inits import (check_mimetic, check_perturbation, check_rescale_directions,
-                         check_unit_variance, initial_model)
+from logah.inits import (check_fill_init, check_mimetic, check_perturbation,
+                         check_rescale_directions, check_unit_variance, initial_model)
 from logah.mimetic import MimeticScalars
 from logah.families import family_of, finetune_presets
 from logah.graph import check_graph_size
@@ -83,6 +83,7 @@ class FinetuneConfig(ConfigRecord):
     init_noise: float = 0.0            # GHN inits: + init_noise × the default init (logah.inits)
     null_fill: float = 0.0             # GHN inits: + null_fill × that init outside the prediction's directions
     rescale_directions: bool = False   # GHN inits: each predicted direction at the default init's strength
+    fill_init: str = "random"          # GHN inits: the init the three levers above read (FILL_INITS)
     mimetic_attention: bool = False    # GHN inits: mimetic attention instead of the predicted one
     unit_variance: bool = False        # after the init (not lsuv): LSUV's unit-variance scaling
     # mimetic init (logah.mimetic): W_q W_kᵀ ≈ α Z + β I, W_v W_o ≈ α Z − β I; the paper's values
@@ -114,6 +115,8 @@ class FinetuneConfig(ConfigRecord):
         check_perturbation(self.init, self.init_noise)   # a study refuses it before any trial
         check_perturbation(self.init, self.null_fill, "null_fill")
         check_rescale_directions(self.init, self.rescale_directions)
+        check_fill_init(self.init, self.fill_init, init_noise=self.init_noise,
+                        null_fill=self.null_fill, rescale_directions=self.rescale_directions)
         check_mimetic(self.init, MimeticScalars.of(self), self.mimetic_attention)
         check_unit_variance(self.init, self.unit_variance)
 
@@ -224,6 +227,7 @@ def initialised_target(config: FinetuneConfig, *, device: torch.device, copies: 
                           keep_classifier=config.keep_classifier,
                           init_noise=config.init_noise, null_fill=config.null_fill,
                           rescale_directions=config.rescale_directions,
+                          fill_init=config.fill_init,
                           mimetic=MimeticScalars.of(config),
                           mimetic_attention=config.mimetic_attention,
                           unit_variance=config.unit_variance)

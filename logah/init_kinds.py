@@ -13,5 +13,7 @@ from __future__ import annotations
 BASELINE_INITS = ("random", "orthogonal", "mimetic", "lsuv")   # need no GHN
 GHN_INITS = {"ghn3": "tiled", "logah": "low-rank"}   # init name -> decoder of its checkpoint
 INIT_KINDS = BASELINE_INITS + tuple(GHN_INITS)
+# the baselines whose matrices complete a GHN prediction (``fill_init`` in ``logah.inits``)
+FILL_INITS = ("random", "orthogonal")
 PAPER_NAMES = {"random": "RandInit", "orthogonal": "OrthInit", "mimetic": "Mimetic", "lsuv": "LSUV",
                "ghn3": "GHN-3", "logah": "LoGAH"}

@@ -35,6 +35,14 @@ of ``vit-cpu-target``, r = 16 of 96); with ``null_fill`` the rescaled prediction
 init's spectrum, r of its directions chosen by the GHN and the others the default init's. It
 separates which directions the GHN predicts from how much of the matrix they take.
 
+``fill_init`` = ``orthogonal`` (not the paper's) takes the matrices these three levers read — the
+strength ``rescale_directions`` matches, what ``null_fill`` fills with and ``init_noise`` adds —
+from the ``orthogonal`` init of ``seed`` instead of the default one (``FILL_INITS``). With
+``null_fill`` 1, ``rescale_directions`` and ``unit_variance`` it is LSUV's start with r of each
+matrix's directions chosen by the GHN: paired with ``lsuv``, it measures what the GHN's
+directions are worth against the strongest data-free-direction baseline. Parameters a transfer
+re-initialises keep the default init.
+
 Two more levers of the init studies, steps applied after the init:
 
 * ``mimetic_attention`` (GHN inits): every attention layer given the mimetic structure
@@ -61,7 +69,7 @@ import torch
 from torch import nn
 
 from logah.errors import LogahError
-from logah.init_kinds import GHN_INITS, INIT_KINDS
+from logah.init_kinds import FILL_INITS, GHN_INITS, INIT_KINDS
 from logah.layer_roles import is_weight_matrix
 from logah.lsuv import lsuv
 from logah.mimetic import MimeticScalars
@@ -127,12 +135,12 @@ def predicted_model(arch: Arch, ghn_path: str | Path, seed: int,
                     expect_decoder: str | None = None, *, dataset: str | None = None,
                     tokenizer=None, keep_classifier: bool = False,
                     init_noise: float = 0.0, null_fill: float = 0.0,
-                    rescale_directions: bool = False) -> nn.Module:
+                    rescale_directions: bool = False, fill_init: str = "random") -> nn.Module:
     """``arch`` with parameters predicted by the GHN checkpoint at ``ghn_path``, for ``dataset``
     read with ``tokenizer`` (both optional: they decide what ``logah.transfer`` re-initialises),
-    each weight matrix rescaled to the default init's strength per direction if
-    ``rescale_directions``, plus ``init_noise`` × its default init of ``seed`` and ``null_fill`` ×
-    the part of that default init outside the prediction's directions (module docstring)."""
+    each weight matrix rescaled to the strength per direction of the ``fill_init`` init of
+    ``seed`` if ``rescale_directions``, plus ``init_noise`` × that init and ``null_fill`` × its
+    part outside the prediction's directions (module docstring)."""
     from logah.checkpoint import is_checkpoint, load_ghn
     from logah.predict import materialize, predict_params
     from logah.transfer import check_target, reinitialised
@@ -151,17 +159,25 @@ def predicted_model(arch: Arch, ghn_path: str | Path, seed: int,
                    if name in params]   # a tied LM head has no parameter of its own
     if fresh_names or init_noise or null_fill or rescale_directions:
         fresh = {name: value.detach() for name, value in default_model(arch, seed).named_parameters()}
+        filler = fresh if fill_init == "random" else {
+            name: value.detach() for name, value in fill_model(arch, fill_init, seed).named_parameters()}
         perturbed = [name for name, value in params.items()
                      if is_weight_matrix(name, value) and name not in fresh_names]
         for name in perturbed:
             if rescale_directions:
-                params[name] = default_direction_scale(params[name], fresh[name])
+                params[name] = default_direction_scale(params[name], filler[name])
             if null_fill:     # read off the prediction alone, before any noise is added
-                params[name] = params[name] + null_fill * null_space_part(params[name], fresh[name])
+                params[name] = params[name] + null_fill * null_space_part(params[name], filler[name])
             if init_noise:
-                params[name] = params[name] + init_noise * fresh[name]
+                params[name] = params[name] + init_noise * filler[name]
         params.update({name: fresh[name] for name in fresh_names})
     return _trainable(materialize(arch, params))
+
+
+def fill_model(arch: Arch, fill_init: str, seed: int) -> nn.Module:
+    """The ``fill_init`` init of ``arch`` and ``seed``: the matrices a prediction's levers read."""
+    model = default_model(arch, seed)
+    return orthogonalize(model, seed) if fill_init == "orthogonal" else model
 
 
 def saved_model(arch: Arch, folder: str | Path) -> nn.Module:
@@ -196,6 +212,19 @@ def check_rescale_directions(init: str, rescale_directions: bool) -> None:
     if rescale_directions and init not in GHN_INITS:
         raise LogahError(f"rescale_directions rescales a GHN prediction; init {init!r} has none "
                          f"(use {' or '.join(GHN_INITS)})")
+
+
+def check_fill_init(init: str, fill_init: str, *, init_noise: float = 0.0, null_fill: float = 0.0,
+                    rescale_directions: bool = False) -> None:
+    """``fill_init`` is one of ``FILL_INITS``, and other than ``random`` only where a lever on a
+    GHN prediction reads it (``init_noise``, ``null_fill`` or ``rescale_directions``)."""
+    if fill_init not in FILL_INITS:
+        raise LogahError(f"fill_init must be one of {list(FILL_INITS)}, got {fill_init!r}")
+    if fill_init != "random" and not (init in GHN_INITS
+                                      and (init_noise or null_fill or rescale_directions)):
+        raise LogahError(f"fill_init {fill_init!r} is read by init_noise, null_fill or "
+                         f"rescale_directions on a GHN prediction ({' or '.join(GHN_INITS)}); "
+                         f"with init {init!r} and none of them on it would change nothing")
 
 
 def lsuv_model(arch: Arch, seed: int, task, device: str | torch.device = "cpu") -> nn.Module:
@@ -250,16 +279,20 @@ def initial_model(arch: Arch, init: str, *, ghn: str | Path | None = None, seed:
                   device: str | torch.device = "cpu", task=None,
                   keep_classifier: bool = False, init_noise: float = 0.0, null_fill: float = 0.0,
                   mimetic: MimeticScalars | None = None, mimetic_attention: bool = False,
-                  unit_variance: bool = False, rescale_directions: bool = False) -> nn.Module:
+                  unit_variance: bool = False, rescale_directions: bool = False,
+                  fill_init: str = "random") -> nn.Module:
     """``arch`` initialised by ``init`` (one of ``INIT_KINDS`` or a predicted-parameters folder).
     ``task`` (``logah.tasks``): the data the target is for, which a GHN init's transfer rules
     read (``logah.transfer``) and ``lsuv`` / ``unit_variance`` take their batch from.
-    ``init_noise``, ``null_fill``, ``rescale_directions``, ``mimetic_attention``: GHN inits only; ``unit_variance``: any
+    ``init_noise``, ``null_fill``, ``rescale_directions``, ``fill_init``, ``mimetic_attention``:
+    GHN inits only; ``unit_variance``: any
     but ``lsuv`` (see the module docstring). ``mimetic``: the scalars of the mimetic init and of
     ``mimetic_attention`` (default: the paper's)."""
     check_perturbation(init, init_noise)
     check_perturbation(init, null_fill, "null_fill")
     check_rescale_directions(init, rescale_directions)
+    check_fill_init(init, fill_init, init_noise=init_noise, null_fill=null_fill,
+                    rescale_directions=rescale_directions)
     check_mimetic(init, mimetic, mimetic_attention)
     check_unit_variance(init, unit_variance)
     if unit_variance:
@@ -279,7 +312,8 @@ def initial_model(arch: Arch, init: str, *, ghn: str | Path | None = None, seed:
                                 dataset=task.data.dataset if task is not None else None,
                                 tokenizer=getattr(task, "tokenizer", None),
                                 keep_classifier=keep_classifier, init_noise=init_noise,
-                                null_fill=null_fill, rescale_directions=rescale_directions)
+                                null_fill=null_fill, rescale_directions=rescale_directions,
+                                fill_init=fill_init)
     elif Path(init).is_dir():
         model = saved_model(arch, init)
     else:

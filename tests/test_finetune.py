@@ -199,6 +199,35 @@ def test_rescale_directions_gives_each_predicted_direction_the_default_inits_str
         ft_config("vit", init="random", rescale_directions=True).validate()
 
 
+def test_fill_init_orthogonal_completes_the_prediction_from_the_orthogonal_init(ghns):
+    """With ``fill_init`` orthogonal the levers read the orthogonal init of the seed: each
+    predicted direction gets its strength (singular values 1) and the empty directions its
+    matrices' part outside the prediction; the predicted directions stay the GHN's."""
+    folder = ghns["vit", "low-rank"]
+    predicted = predict_params(load_ghn(folder), SMALL_VIT)
+    orthogonal = dict(initial_model(SMALL_VIT, "orthogonal", seed=3).named_parameters())
+    filled = dict(initial_model(SMALL_VIT, "logah", ghn=folder, seed=3, rescale_directions=True,
+                                null_fill=1.0, fill_init="orthogonal").named_parameters())
+    from_random = dict(initial_model(SMALL_VIT, "logah", ghn=folder, seed=3,
+                                     rescale_directions=True, null_fill=1.0).named_parameters())
+    names = [n for n in filled if n.endswith(("out_proj.weight", "mlp.0.weight"))]
+    assert names
+    for name in names:
+        w, o = predicted[name].double(), orthogonal[name].detach().double()
+        s_w = torch.linalg.svdvals(w)
+        kept = s_w > 1e-4 * s_w.max()
+        rescaled = w * (1.0 / s_w[kept].pow(2).mean().sqrt())     # orthogonal: every value 1
+        fill = filled[name].detach().double() - rescaled
+        torch.testing.assert_close(fill, null_space_part(w, o), rtol=1e-4, atol=1e-5)
+        assert not torch.allclose(filled[name], from_random[name], atol=1e-3)
+    with pytest.raises(LogahError, match="fill_init must be one of"):
+        ft_config("vit", init="logah", ghn=folder, null_fill=1.0, fill_init="lsuv").validate()
+    with pytest.raises(LogahError, match="would change nothing"):
+        ft_config("vit", init="logah", ghn=folder, fill_init="orthogonal").validate()
+    with pytest.raises(LogahError, match="would change nothing"):
+        initial_model(SMALL_VIT, "random", fill_init="orthogonal")
+
+
 def attention(model, arch):
     return family_of(arch).attention_layers(model, arch)
 
