@@ -115,8 +115,7 @@ class FinetuneConfig(ConfigRecord):
         check_perturbation(self.init, self.init_noise)   # a study refuses it before any trial
         check_perturbation(self.init, self.null_fill, "null_fill")
         check_rescale_directions(self.init, self.rescale_directions)
-        check_fill_init(self.init, self.fill_init, init_noise=self.init_noise,
-                        null_fill=self.null_fill, rescale_directions=self.rescale_directions)
+        check_fill_init(self.init, self.fill_init)
         check_mimetic(self.init, MimeticScalars.of(self), self.mimetic_attention)
         check_unit_variance(self.init, self.unit_variance)
 

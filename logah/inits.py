@@ -214,17 +214,14 @@ def check_rescale_directions(init: str, rescale_directions: bool) -> None:
                          f"(use {' or '.join(GHN_INITS)})")
 
 
-def check_fill_init(init: str, fill_init: str, *, init_noise: float = 0.0, null_fill: float = 0.0,
-                    rescale_directions: bool = False) -> None:
-    """``fill_init`` is one of ``FILL_INITS``, and other than ``random`` only where a lever on a
-    GHN prediction reads it (``init_noise``, ``null_fill`` or ``rescale_directions``)."""
+def check_fill_init(init: str, fill_init: str) -> None:
+    """``fill_init`` is one of ``FILL_INITS``, and other than ``random`` only for a GHN init,
+    whose levers read it (``init_noise``, ``null_fill``, ``rescale_directions``)."""
     if fill_init not in FILL_INITS:
         raise LogahError(f"fill_init must be one of {list(FILL_INITS)}, got {fill_init!r}")
-    if fill_init != "random" and not (init in GHN_INITS
-                                      and (init_noise or null_fill or rescale_directions)):
-        raise LogahError(f"fill_init {fill_init!r} is read by init_noise, null_fill or "
-                         f"rescale_directions on a GHN prediction ({' or '.join(GHN_INITS)}); "
-                         f"with init {init!r} and none of them on it would change nothing")
+    if fill_init != "random" and init not in GHN_INITS:
+        raise LogahError(f"fill_init completes a GHN prediction; init {init!r} has none "
+                         f"(use {' or '.join(GHN_INITS)})")
 
 
 def lsuv_model(arch: Arch, seed: int, task, device: str | torch.device = "cpu") -> nn.Module:
@@ -291,8 +288,7 @@ def initial_model(arch: Arch, init: str, *, ghn: str | Path | None = None, seed:
     check_perturbation(init, init_noise)
     check_perturbation(init, null_fill, "null_fill")
     check_rescale_directions(init, rescale_directions)
-    check_fill_init(init, fill_init, init_noise=init_noise, null_fill=null_fill,
-                    rescale_directions=rescale_directions)
+    check_fill_init(init, fill_init)
     check_mimetic(init, mimetic, mimetic_attention)
     check_unit_variance(init, unit_variance)
     if unit_variance:

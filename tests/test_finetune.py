@@ -222,10 +222,10 @@ def test_fill_init_orthogonal_completes_the_prediction_from_the_orthogonal_init(
         assert not torch.allclose(filled[name], from_random[name], atol=1e-3)
     with pytest.raises(LogahError, match="fill_init must be one of"):
         ft_config("vit", init="logah", ghn=folder, null_fill=1.0, fill_init="lsuv").validate()
-    with pytest.raises(LogahError, match="would change nothing"):
-        ft_config("vit", init="logah", ghn=folder, fill_init="orthogonal").validate()
-    with pytest.raises(LogahError, match="would change nothing"):
-        initial_model(SMALL_VIT, "random", fill_init="orthogonal")
+    with pytest.raises(LogahError, match="fill_init completes a GHN prediction"):
+        ft_config("vit", init="random", fill_init="orthogonal").validate()
+    with pytest.raises(LogahError, match="fill_init completes a GHN prediction"):
+        initial_model(SMALL_VIT, "lsuv", fill_init="orthogonal")
 
 
 def attention(model, arch):
