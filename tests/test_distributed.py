@@ -19,6 +19,7 @@ from logah.checkpoint import load_ghn
 from logah.distributed import (RUN_NAME, check_resources, check_storage_shared, finetune_ray,
                                local_path, refuse_unshared, train_ghn_ray)
 from logah.errors import LogahError
+from ray_start import start_ray_retrying
 from test_training import DIGITS, tiny_config
 
 pytestmark = pytest.mark.ray
@@ -29,17 +30,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def ray_local():
     import ray
 
-    # Ray gives its node 30 s to register (a constant of Ray's), which a loaded machine can
-    # miss: try again, as a study's own start does (logah.study.runner)
-    for attempt in range(3):
-        try:
-            ray.init("local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-                     logging_level="ERROR")
-            break
-        except Exception:   # Ray raises a bare Exception when its processes start too slowly
-            ray.shutdown()
-            if attempt == 2:
-                raise
+    start_ray_retrying(lambda: ray.init("local", num_cpus=2, include_dashboard=False,
+                                        log_to_driver=False, logging_level="ERROR"),
+                       ray.shutdown)
     yield ray
     ray.shutdown()
 

@@ -4,6 +4,7 @@ file system as NFS clients would): a path both nodes see passes the check, each 
 import pytest
 
 from logah.distributed import check_storage_shared
+from ray_start import start_ray_retrying
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -13,19 +14,18 @@ def two_nodes(tmp_path_factory):
     import ray
     from ray.cluster_utils import Cluster
 
-    # Ray gives a node 30 s to register (a constant of Ray's), which a loaded machine can miss:
-    # try again, as a study's own start does (a failed try's processes go with this process)
-    for attempt in range(3):
-        cluster = None
-        try:
-            cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-            cluster.add_node(num_cpus=1)
-            break
-        except Exception:   # Ray raises a bare Exception when its processes start too slowly
-            if cluster is not None:
-                cluster.shutdown()
-            if attempt == 2:
-                raise
+    made = []
+
+    def start():
+        made.append(Cluster(initialize_head=True, head_node_args={"num_cpus": 1}))
+        made[-1].add_node(num_cpus=1)
+        return made[-1]
+
+    def undo():
+        if made:
+            made.pop().shutdown()
+
+    cluster = start_ray_retrying(start, undo)
     ray.init(address=cluster.address, logging_level="ERROR", log_to_driver=False)
     cluster.wait_for_nodes()
     yield ray
