@@ -68,6 +68,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from logah.provenance import cpu_model
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 GIB = 2**30
@@ -553,17 +555,6 @@ def _flush(folder: Path) -> tuple[float, int, int]:
     return time.perf_counter() - start, nbytes, nfiles
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def _filesystem(path: Path) -> str:
     proc = subprocess.run(["df", "-hT", str(path)], capture_output=True, text=True, check=False)
     lines = proc.stdout.strip().splitlines()
@@ -886,7 +877,7 @@ def main(argv: list[str] | None = None) -> int:
     loads = [r["load1_at_start"] for r in runs]
     env_info = {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "command": command, "cpu": _cpu_model(), "cpu_count": os.cpu_count(),
+        "command": command, "cpu": cpu_model(), "cpu_count": os.cpu_count(),
         "torch_threads": first["torch_threads"], "torch": first["torch"],
         "transformers": first["transformers"], "python": first["python"],
         "kernel": platform.release(), "memory_total_gib": os.sysconf("SC_PAGE_SIZE")

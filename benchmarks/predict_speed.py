@@ -44,6 +44,8 @@ import time
 from pathlib import Path
 from typing import Self
 
+from logah.provenance import cpu_model
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 TARGETS = ("gpt2-s", "gpt2-m", "gpt2-l", "vit-s", "vit-b", "vit-l")
@@ -176,17 +178,6 @@ def _spawn(side: str, target: str, env: dict) -> dict:
         sys.stderr.write(proc.stderr)
         raise SystemExit(f"benchmark child {side} {target} failed (exit {proc.returncode})")
     return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _read(path: str) -> str:
@@ -330,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     first = runs[0]
     env_info = {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "command": command, "cpu": _cpu_model(), "cpu_count": os.cpu_count(),
+        "command": command, "cpu": cpu_model(), "cpu_count": os.cpu_count(),
         "torch_threads": first["torch_threads"], "torch": first["torch"],
         "transformers": first["transformers"], "torchvision": first["torchvision"],
         "python": platform.python_version(), "kernel": platform.release(),

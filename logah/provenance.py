@@ -75,6 +75,19 @@ def versions() -> dict:
     return found
 
 
+def cpu_model() -> str:
+    """The processor's name (Linux's ``/proc/cpuinfo``; else what ``platform`` knows): timings
+    are only comparable on the same one."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
 def machine() -> dict:
     gpus: list[str] = []
     try:
@@ -92,7 +105,8 @@ def machine() -> dict:
     except (OSError, StopIteration, ValueError):
         pass
     return {"hostname": socket.gethostname(), "platform": platform.platform(),
-            "cpus": len(os.sched_getaffinity(0)), "gpus": gpus, "memory_gib": memory}
+            "cpu": cpu_model(), "cpus": len(os.sched_getaffinity(0)), "gpus": gpus,
+            "memory_gib": memory}
 
 
 def provenance(snapshot: str, digest: str | None = None) -> dict:

@@ -579,8 +579,9 @@ def test_the_header_shows_code_versions_machine_and_warns_of_runs_on_different_c
                            "snapshot": "/runs/code-snapshots/0123456789ab"},
                   "versions": {"python": "3.11.2", "torch": "2.14.1", "ray": "2.60.0",
                                "optuna": "5.0.0", "transformers": "5.23.0"},
-                  "machine": {"hostname": "node-1", "cpus": 2, "gpus": ["NVIDIA H100 80GB HBM3"] * 2,
-                              "memory_gib": 23.5, "platform": "Linux-6.1-x86_64"}}
+                  "machine": {"hostname": "node-1", "cpus": 2, "cpu": "AMD EPYC 9654",
+                              "gpus": ["NVIDIA H100 80GB HBM3"] * 2, "memory_gib": 23.5,
+                              "platform": "Linux-6.1-x86_64"}}
     segments = [{"started_at": "2026-01-01T10:00:00+00:00", "finished_at": "2026-01-01T10:05:00+00:00",
                  "wall_s": 300.0, "commit": "aaaaaaaaaaaaaaaa", "dirty": False},
                 {"started_at": "2026-01-02T09:00:00+00:00", "finished_at": "2026-01-02T09:01:00+00:00",
@@ -598,7 +599,7 @@ def test_the_header_shows_code_versions_machine_and_warns_of_runs_on_different_c
     assert "6 min 0 s in total over 2 runs" in header
     assert ("Python 3.11.2, PyTorch 2.14.1, Ray 2.60.0, Optuna 5.0.0, Transformers 5.23.0"
             in header)
-    assert "node-1, 2 CPUs, 2 × NVIDIA H100 80GB HBM3, 23.5 GiB memory, Linux-6.1-x86_64" in header
+    assert "node-1, 2 CPUs (AMD EPYC 9654), 2 × NVIDIA H100 80GB HBM3, 23.5 GiB memory, Linux-6.1-x86_64" in header
     assert "resumed 2026-01-02T09:00:00+00:00 to 2026-01-02T09:01:00+00:00" in header
     # the same commit twice, clean: no warning
     same = [{**s, "commit": "0123456789abcdef0123", "dirty": False} for s in segments]

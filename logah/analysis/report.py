@@ -225,7 +225,8 @@ def _machine(machine: dict) -> str | None:
     if machine.get("hostname"):
         parts.append(str(machine["hostname"]))
     if isinstance(machine.get("cpus"), int):
-        parts.append(f"{machine['cpus']} CPU{'s' if machine['cpus'] != 1 else ''}")
+        model = f" ({machine['cpu']})" if machine.get("cpu") else ""
+        parts.append(f"{machine['cpus']} CPU{'s' if machine['cpus'] != 1 else ''}{model}")
     gpus = machine.get("gpus")
     if isinstance(gpus, list):
         if gpus:
