@@ -272,28 +272,39 @@ class TaggedOptunaSearch(OptunaSearch):
     raw_metric: str | None = None
 
     def _running_trial(self, trial_id: str):
-        """The trial's Optuna trial, a fresh one with the same settings when the stored one has
-        finished: a study stopped with Ctrl-C tells Optuna that its running trials failed, and
-        ``--resume`` runs them again under the same Tune ids, which Optuna refuses to update."""
+        """The trial's Optuna trial, for a trial that Tune runs again on ``--resume``:
+
+        * stored as FAIL (a study stopped with Ctrl-C tells Optuna that its running trials
+          failed, and Optuna refuses to update a finished trial): a fresh Optuna trial with the
+          same settings and Tune id;
+        * stored as COMPLETE or PRUNED (it finished after Tune's last snapshot of a driver that
+          was then killed, and its rerun only reports its recorded result): that one, marked
+          completed here, so that nothing is reported or told to Optuna twice."""
         storage = self._ot_study._storage
         stored = storage.get_trial(self._ot_trials[trial_id]._trial_id)
-        if stored.state.is_finished():
+        if stored.state == optuna.trial.TrialState.FAIL:
             self._ot_study.enqueue_trial(stored.params)
             fresh = self._ot_study.ask(fixed_distributions=stored.distributions)
             fresh.set_user_attr("tune_trial_id", trial_id)
             self._ot_trials[trial_id] = fresh
             self._completed_trials.discard(trial_id)
+        elif stored.state.is_finished():
+            self._completed_trials.add(trial_id)
         return self._ot_trials[trial_id]
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if (self.raw_metric in result and "step" in result
                 and trial_id not in self._completed_trials):
-            self._running_trial(trial_id).report(result[self.raw_metric], result["step"])
+            trial = self._running_trial(trial_id)
+            if trial_id not in self._completed_trials:
+                trial.report(result[self.raw_metric], result["step"])
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None,
                           error: bool = False) -> None:
         if trial_id in self._ot_trials and trial_id not in self._completed_trials:
             self._running_trial(trial_id)
+            if trial_id in self._completed_trials:   # finished in Optuna before the resume
+                return
         super().on_trial_complete(trial_id, result=result, error=error)
 
     def suggest(self, trial_id: str):
