@@ -14,12 +14,18 @@ def _space(trial):
     trial.suggest_categorical("lr", [0.05, 0.1])
 
 
-def test_a_resumed_trial_whose_optuna_trial_failed_gets_a_fresh_one(tmp_path):
+def _study_and_searcher(tmp_path):
+    """An Optuna study in SQLite and the study runner's searcher on it, set up as Tune does."""
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     study = optuna.create_study(storage=storage, study_name="s", direction="maximize")
     searcher = TaggedOptunaSearch(space=_space, metric="acc", mode="max")
     searcher._ot_study = study
     searcher.raw_metric = "acc"
+    return study, searcher
+
+
+def test_a_resumed_trial_whose_optuna_trial_failed_gets_a_fresh_one(tmp_path):
+    study, searcher = _study_and_searcher(tmp_path)
     config = searcher.suggest("t1")
     searcher.on_trial_result("t1", {"acc": 0.5, "step": 1})
     searcher.on_trial_complete("t1", error=True)                 # Ctrl-C: told FAIL
@@ -35,11 +41,7 @@ def test_a_resumed_trial_whose_optuna_trial_failed_gets_a_fresh_one(tmp_path):
 
 
 def test_a_rerun_of_a_trial_that_completed_in_optuna_adds_no_optuna_trial(tmp_path):
-    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    study = optuna.create_study(storage=storage, study_name="s", direction="maximize")
-    searcher = TaggedOptunaSearch(space=_space, metric="acc", mode="max")
-    searcher._ot_study = study
-    searcher.raw_metric = "acc"
+    study, searcher = _study_and_searcher(tmp_path)
     searcher.suggest("t1")
     searcher.on_trial_result("t1", {"acc": 0.5, "step": 1})
     searcher.on_trial_complete("t1", {"acc": 0.7, "step": 2})     # then the driver is killed
