@@ -282,9 +282,8 @@ def initial_model(arch: Arch, init: str, *, ghn: str | Path | None = None, seed:
     ``task`` (``logah.tasks``): the data the target is for, which a GHN init's transfer rules
     read (``logah.transfer``) and ``lsuv`` / ``unit_variance`` take their batch from.
     ``init_noise``, ``null_fill``, ``rescale_directions``, ``fill_init``, ``mimetic_attention``:
-    GHN inits only; ``unit_variance``: any
-    but ``lsuv`` (see the module docstring). ``mimetic``: the scalars of the mimetic init and of
-    ``mimetic_attention`` (default: the paper's)."""
+    GHN inits only; ``unit_variance``: any but ``lsuv`` (see the module docstring). ``mimetic``:
+    the scalars of the mimetic init and of ``mimetic_attention`` (default: the paper's)."""
     check_perturbation(init, init_noise)
     check_perturbation(init, null_fill, "null_fill")
     check_rescale_directions(init, rescale_directions)

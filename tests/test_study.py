@@ -237,7 +237,7 @@ def test_a_study_records_what_ran(smoke_study):
     assert len(code["commit"]) == 40 and isinstance(code["dirty"], bool) and code["digest"]
     assert {"python", "torch", "ray", "optuna", "transformers"} <= set(info["provenance"]["versions"])
     machine = info["provenance"]["machine"]
-    assert machine["cpus"] >= 1 and machine["memory_gib"] > 0 and machine["cpu"] != "unknown"
+    assert machine["cpus"] >= 1 and machine["memory_gib"] > 0 and machine["cpu"]
     assert [s["digest"] for s in info["segments"]] == [code["digest"]]
     assert info["wall_s"] == pytest.approx(info["segments"][0]["wall_s"])
     for record in trial_records(smoke_study).values():
