@@ -1,8 +1,8 @@
 """The test metric per target and on the panel mean for init-comparison studies (ViT: accuracy
 in %; GPT-2 and Llama: perplexity), one row per init and lever setting (``null_fill``,
-``rescale_directions``, ``fill_init``, ``unit_variance``, ``mimetic_attention``, ``init_noise``, the GHN's
-``depth_encoding`` and ``hidden`` size, its training's ``layer_diversity`` and space) and
-learning rate, then every trial,
+``rescale_directions``, ``fill_init``, ``predicted_part``, ``unit_variance``,
+``mimetic_attention``, ``init_noise``, the GHN's ``depth_encoding`` and ``hidden`` size, its
+training's ``layer_diversity`` and space) and learning rate, then every trial,
 and the paired (same replicate) differences of the panel mean between rows — the figures of
 init_study.md's "Panel" sections. When the studies ran a row at several learning rates, one more table gives each row
 at its best learning rate per target, chosen on the mean final *validation* metric over
@@ -26,13 +26,13 @@ from logah.analysis.stats import PANEL_MEAN, at_best_setting_per_target
 from logah.analysis.tables import combined_trials, load_studies
 
 LEVERS = ("finetune.null_fill", "finetune.rescale_directions", "finetune.init_noise",
-          "finetune.fill_init", "finetune.unit_variance", "finetune.mimetic_attention",
+          "finetune.fill_init", "finetune.predicted_part", "finetune.unit_variance", "finetune.mimetic_attention",
           "ghn_training.ghn.depth_encoding", "ghn_training.ghn.hidden",
           "ghn_training.layer_diversity", "ghn_training.space")
 # a lever at its default is not named in a row's label; ``ghn_training.space`` is the swept
 # space's name (empty where the study kept its preset's space)
 LEVER_DEFAULTS = {"ghn_training.ghn.depth_encoding": "absolute", "ghn_training.ghn.hidden": 32,
-                  "finetune.fill_init": "random"}
+                  "finetune.fill_init": "random", "finetune.predicted_part": "all"}
 # the GHN's levers are LoGAH's: GHN-3's variant has its own hidden size and sweeps none
 GHN_LEVER_INITS = ("logah",)
 

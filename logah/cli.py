@@ -17,7 +17,7 @@ from pathlib import Path
 
 from logah.cli_settings import Alias, add_setting_options, settings_from_args
 from logah.errors import LogahError, print_error
-from logah.init_kinds import FILL_INITS
+from logah.init_kinds import FILL_INITS, PREDICTED_PARTS
 from logah.io import output_path
 
 
@@ -164,6 +164,9 @@ FINETUNE_ALIASES = [
     Alias("--fill-init", "fill_init", "ghn3 / logah: the init that --init-noise, --null-fill and "
           "--rescale-directions read (orthogonal: LSUV's start when with --unit-variance)",
           choices=FILL_INITS),
+    Alias("--predicted-part", "predicted_part", "ghn3 / logah: the parameters that keep the "
+          "prediction (blocks, outside_blocks: the others take --fill-init's; not the paper's)",
+          choices=PREDICTED_PARTS),
     Alias("--mimetic-attention", "mimetic_attention", "ghn3 / logah: mimetic attention layers, "
           "the prediction everywhere else (not the paper's)"),
     Alias("--unit-variance", "unit_variance", "after the init (not lsuv): rescale every layer "

@@ -39,7 +39,8 @@ import torch
 from logah.devices import check_memory, resolve_device
 from logah.errors import LogahError
 from logah.inits import (check_fill_init, check_mimetic, check_perturbation,
-                         check_rescale_directions, check_unit_variance, initial_model)
+                         check_predicted_part, check_rescale_directions, check_unit_variance,
+                         initial_model)
 from logah.mimetic import MimeticScalars
 from logah.families import family_of, finetune_presets
 from logah.graph import check_graph_size
@@ -84,6 +85,7 @@ class FinetuneConfig(ConfigRecord):
     null_fill: float = 0.0             # GHN inits: + null_fill × that init outside the prediction's directions
     rescale_directions: bool = False   # GHN inits: each predicted direction at the default init's strength
     fill_init: str = "random"          # GHN inits: the init the three levers above read (FILL_INITS)
+    predicted_part: str = "all"        # GHN inits: where the prediction is kept (PREDICTED_PARTS)
     mimetic_attention: bool = False    # GHN inits: mimetic attention instead of the predicted one
     unit_variance: bool = False        # after the init (not lsuv): LSUV's unit-variance scaling
     # mimetic init (logah.mimetic): W_q W_kᵀ ≈ α Z + β I, W_v W_o ≈ α Z − β I; the paper's values
@@ -116,6 +118,7 @@ class FinetuneConfig(ConfigRecord):
         check_perturbation(self.init, self.null_fill, "null_fill")
         check_rescale_directions(self.init, self.rescale_directions)
         check_fill_init(self.init, self.fill_init)
+        check_predicted_part(self.init, self.predicted_part)
         check_mimetic(self.init, MimeticScalars.of(self), self.mimetic_attention)
         check_unit_variance(self.init, self.unit_variance)
 
@@ -226,7 +229,7 @@ def initialised_target(config: FinetuneConfig, *, device: torch.device, copies: 
                           keep_classifier=config.keep_classifier,
                           init_noise=config.init_noise, null_fill=config.null_fill,
                           rescale_directions=config.rescale_directions,
-                          fill_init=config.fill_init,
+                          fill_init=config.fill_init, predicted_part=config.predicted_part,
                           mimetic=MimeticScalars.of(config),
                           mimetic_attention=config.mimetic_attention,
                           unit_variance=config.unit_variance)

@@ -15,5 +15,8 @@ GHN_INITS = {"ghn3": "tiled", "logah": "low-rank"}   # init name -> decoder of i
 INIT_KINDS = BASELINE_INITS + tuple(GHN_INITS)
 # the baselines whose matrices complete a GHN prediction (``fill_init`` in ``logah.inits``)
 FILL_INITS = ("random", "orthogonal")
+# which parameters of a GHN init keep the prediction (``predicted_part`` in ``logah.inits``): the
+# others take the ``fill_init`` init's values
+PREDICTED_PARTS = ("all", "blocks", "outside_blocks")
 PAPER_NAMES = {"random": "RandInit", "orthogonal": "OrthInit", "mimetic": "Mimetic", "lsuv": "LSUV",
                "ghn3": "GHN-3", "logah": "LoGAH"}

@@ -43,6 +43,13 @@ matrix's directions chosen by the GHN: paired with ``lsuv``, it measures what th
 directions are worth against the strongest data-free-direction baseline. Parameters a transfer
 re-initialises keep the default init.
 
+``predicted_part`` (not the paper's) says which parameters keep the prediction: ``all`` (the
+default), ``blocks`` (the transformer blocks; the stem — patch or token embeddings, class token,
+position embeddings — the final norm and the head take the ``fill_init`` init's values) or
+``outside_blocks`` (the reverse). The levers above act on the kept part only. With
+``fill_init`` orthogonal and ``unit_variance`` it splits what the GHN's directions cost against
+LSUV by where in the network they are used.
+
 Two more levers of the init studies, steps applied after the init:
 
 * ``mimetic_attention`` (GHN inits): every attention layer given the mimetic structure
@@ -69,8 +76,8 @@ import torch
 from torch import nn
 
 from logah.errors import LogahError
-from logah.init_kinds import FILL_INITS, GHN_INITS, INIT_KINDS
-from logah.layer_roles import is_weight_matrix
+from logah.init_kinds import FILL_INITS, GHN_INITS, INIT_KINDS, PREDICTED_PARTS
+from logah.layer_roles import in_block, is_weight_matrix
 from logah.lsuv import lsuv
 from logah.mimetic import MimeticScalars
 from logah.mimetic import mimetic_attention as give_mimetic_attention
@@ -135,12 +142,14 @@ def predicted_model(arch: Arch, ghn_path: str | Path, seed: int,
                     expect_decoder: str | None = None, *, dataset: str | None = None,
                     tokenizer=None, keep_classifier: bool = False,
                     init_noise: float = 0.0, null_fill: float = 0.0,
-                    rescale_directions: bool = False, fill_init: str = "random") -> nn.Module:
+                    rescale_directions: bool = False, fill_init: str = "random",
+                    predicted_part: str = "all") -> nn.Module:
     """``arch`` with parameters predicted by the GHN checkpoint at ``ghn_path``, for ``dataset``
     read with ``tokenizer`` (both optional: they decide what ``logah.transfer`` re-initialises),
     each weight matrix rescaled to the strength per direction of the ``fill_init`` init of
     ``seed`` if ``rescale_directions``, plus ``init_noise`` × that init and ``null_fill`` × its
-    part outside the prediction's directions (module docstring)."""
+    part outside the prediction's directions; the parameters outside ``predicted_part`` take
+    that init's values (module docstring)."""
     from logah.checkpoint import is_checkpoint, load_ghn
     from logah.predict import materialize, predict_params
     from logah.transfer import check_target, reinitialised
@@ -157,12 +166,14 @@ def predicted_model(arch: Arch, ghn_path: str | Path, seed: int,
                                                    tokenizer=tokenizer,
                                                    keep_classifier=keep_classifier)
                    if name in params]   # a tied LM head has no parameter of its own
-    if fresh_names or init_noise or null_fill or rescale_directions:
+    unpredicted = [name for name in params if not in_predicted_part(name, predicted_part)]
+    if fresh_names or unpredicted or init_noise or null_fill or rescale_directions:
         fresh = {name: value.detach() for name, value in default_model(arch, seed).named_parameters()}
         filler = fresh if fill_init == "random" else {
             name: value.detach() for name, value in fill_model(arch, fill_init, seed).named_parameters()}
-        perturbed = [name for name, value in params.items()
-                     if is_weight_matrix(name, value) and name not in fresh_names]
+        params.update({name: filler[name].clone() for name in unpredicted})
+        perturbed = [name for name, value in params.items() if is_weight_matrix(name, value)
+                     and name not in fresh_names and name not in unpredicted]
         for name in perturbed:
             if rescale_directions:
                 params[name] = default_direction_scale(params[name], filler[name])
@@ -172,6 +183,11 @@ def predicted_model(arch: Arch, ghn_path: str | Path, seed: int,
                 params[name] = params[name] + init_noise * filler[name]
         params.update({name: fresh[name] for name in fresh_names})
     return _trainable(materialize(arch, params))
+
+
+def in_predicted_part(name: str, predicted_part: str) -> bool:
+    """Whether the parameter ``name`` keeps the GHN's prediction under ``predicted_part``."""
+    return predicted_part == "all" or in_block(name) == (predicted_part == "blocks")
 
 
 def fill_model(arch: Arch, fill_init: str, seed: int) -> nn.Module:
@@ -222,6 +238,17 @@ def check_fill_init(init: str, fill_init: str) -> None:
     if fill_init != "random" and init not in GHN_INITS:
         raise LogahError(f"fill_init completes a GHN prediction; init {init!r} has none "
                          f"(use {' or '.join(GHN_INITS)})")
+
+
+def check_predicted_part(init: str, predicted_part: str) -> None:
+    """``predicted_part`` is one of ``PREDICTED_PARTS``, and other than ``all`` only for a GHN
+    init (the others predict nothing)."""
+    if predicted_part not in PREDICTED_PARTS:
+        raise LogahError(f"predicted_part must be one of {list(PREDICTED_PARTS)}, "
+                         f"got {predicted_part!r}")
+    if predicted_part != "all" and init not in GHN_INITS:
+        raise LogahError(f"predicted_part chooses where a GHN prediction is used; init {init!r} "
+                         f"has none (use {' or '.join(GHN_INITS)})")
 
 
 def lsuv_model(arch: Arch, seed: int, task, device: str | torch.device = "cpu") -> nn.Module:
@@ -277,17 +304,18 @@ def initial_model(arch: Arch, init: str, *, ghn: str | Path | None = None, seed:
                   keep_classifier: bool = False, init_noise: float = 0.0, null_fill: float = 0.0,
                   mimetic: MimeticScalars | None = None, mimetic_attention: bool = False,
                   unit_variance: bool = False, rescale_directions: bool = False,
-                  fill_init: str = "random") -> nn.Module:
+                  fill_init: str = "random", predicted_part: str = "all") -> nn.Module:
     """``arch`` initialised by ``init`` (one of ``INIT_KINDS`` or a predicted-parameters folder).
     ``task`` (``logah.tasks``): the data the target is for, which a GHN init's transfer rules
     read (``logah.transfer``) and ``lsuv`` / ``unit_variance`` take their batch from.
-    ``init_noise``, ``null_fill``, ``rescale_directions``, ``fill_init``, ``mimetic_attention``:
-    GHN inits only; ``unit_variance``: any but ``lsuv`` (see the module docstring). ``mimetic``:
+    ``init_noise``, ``null_fill``, ``rescale_directions``, ``fill_init``, ``predicted_part``,
+    ``mimetic_attention``: GHN inits only; ``unit_variance``: any but ``lsuv`` (see the module docstring). ``mimetic``:
     the scalars of the mimetic init and of ``mimetic_attention`` (default: the paper's)."""
     check_perturbation(init, init_noise)
     check_perturbation(init, null_fill, "null_fill")
     check_rescale_directions(init, rescale_directions)
     check_fill_init(init, fill_init)
+    check_predicted_part(init, predicted_part)
     check_mimetic(init, mimetic, mimetic_attention)
     check_unit_variance(init, unit_variance)
     if unit_variance:
@@ -308,7 +336,7 @@ def initial_model(arch: Arch, init: str, *, ghn: str | Path | None = None, seed:
                                 tokenizer=getattr(task, "tokenizer", None),
                                 keep_classifier=keep_classifier, init_noise=init_noise,
                                 null_fill=null_fill, rescale_directions=rescale_directions,
-                                fill_init=fill_init)
+                                fill_init=fill_init, predicted_part=predicted_part)
     elif Path(init).is_dir():
         model = saved_model(arch, init)
     else:

@@ -31,6 +31,13 @@ def is_weight_matrix(name: str, param: torch.Tensor) -> bool:
     return name.endswith("weight") and param.dim() >= 2
 
 
+def in_block(name: str) -> bool:
+    """Whether the parameter ``name`` belongs to one of the network's blocks (it has a layer
+    index), not to its stem (patch or token embeddings, class token, position embeddings), its
+    final norm or its head."""
+    return LAYER_INDEX.search(name) is not None
+
+
 def roles(params: Iterable[tuple[str, torch.Tensor]]) -> dict[str, list[torch.Tensor]]:
     """The weight matrices of ``(name, tensor)`` pairs grouped by role, in layer order; the
     tensors are the given ones (not detached), so what is computed from them keeps its graph."""

@@ -228,6 +228,32 @@ def test_fill_init_orthogonal_completes_the_prediction_from_the_orthogonal_init(
         initial_model(SMALL_VIT, "lsuv", fill_init="orthogonal")
 
 
+def test_predicted_part_keeps_the_prediction_in_one_part_and_the_fill_init_elsewhere(ghns):
+    """``predicted_part`` blocks keeps the (levered) prediction in the transformer blocks and
+    gives the stem and head the ``fill_init`` init's values; ``outside_blocks`` the reverse."""
+    folder = ghns["vit", "low-rank"]
+    levers = dict(ghn=folder, seed=3, rescale_directions=True, null_fill=1.0, fill_init="orthogonal")
+    whole = dict(initial_model(SMALL_VIT, "logah", **levers).named_parameters())
+    orthogonal = dict(initial_model(SMALL_VIT, "orthogonal", seed=3).named_parameters())
+    parts = {part: dict(initial_model(SMALL_VIT, "logah", predicted_part=part,
+                                      **levers).named_parameters())
+             for part in ("blocks", "outside_blocks")}
+    blocks = [name for name in whole if name.startswith("encoder.layers.")]
+    outside = [name for name in whole if name not in blocks]
+    assert blocks and {"conv_proj.weight", "heads.head.weight", "class_token"} <= set(outside)
+    for part, kept, filled in (("blocks", blocks, outside), ("outside_blocks", outside, blocks)):
+        for name in kept:
+            torch.testing.assert_close(parts[part][name], whole[name])
+        for name in filled:
+            torch.testing.assert_close(parts[part][name], orthogonal[name])
+    assert not torch.allclose(whole["encoder.layers.encoder_layer_0.mlp.0.weight"],
+                              orthogonal["encoder.layers.encoder_layer_0.mlp.0.weight"])
+    with pytest.raises(LogahError, match="predicted_part must be one of"):
+        ft_config("vit", init="logah", ghn=folder, predicted_part="heads").validate()
+    with pytest.raises(LogahError, match="predicted_part chooses where a GHN prediction"):
+        initial_model(SMALL_VIT, "mimetic", predicted_part="blocks")
+
+
 def attention(model, arch):
     return family_of(arch).attention_layers(model, arch)
 
