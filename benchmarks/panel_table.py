@@ -26,7 +26,8 @@ from logah.analysis.stats import PANEL_MEAN, at_best_setting_per_target
 from logah.analysis.tables import combined_trials, load_studies
 
 LEVERS = ("finetune.null_fill", "finetune.rescale_directions", "finetune.init_noise",
-          "finetune.fill_init", "finetune.predicted_part", "finetune.unit_variance", "finetune.mimetic_attention",
+          "finetune.fill_init", "finetune.predicted_part", "finetune.unit_variance",
+          "finetune.mimetic_attention",
           "ghn_training.ghn.depth_encoding", "ghn_training.ghn.hidden",
           "ghn_training.layer_diversity", "ghn_training.space")
 # a lever at its default is not named in a row's label; ``ghn_training.space`` is the swept

@@ -213,21 +213,25 @@ def _trainable(model: nn.Module) -> nn.Module:
     return model
 
 
+def _require_prediction(init: str, what: str, hint: str = "") -> None:
+    """Refuse a lever that acts on a GHN prediction (``what`` it does) for an init that has none."""
+    if init not in GHN_INITS:
+        raise LogahError(f"{what}; init {init!r} has none (use {' or '.join(GHN_INITS)}{hint})")
+
+
 def check_perturbation(init: str, amount: float, name: str = "init_noise") -> None:
     """A perturbation of a prediction (``init_noise`` or ``null_fill``, as ``name``) is a number
     ≥ 0, and > 0 only for a GHN init."""
     if not amount >= 0:   # NaN too
         raise LogahError(f"{name} must be a number ≥ 0, got {amount!r}")
-    if amount and init not in GHN_INITS:
-        raise LogahError(f"{name} perturbs a GHN prediction; init {init!r} has none (use "
-                         f"{' or '.join(GHN_INITS)})")
+    if amount:
+        _require_prediction(init, f"{name} perturbs a GHN prediction")
 
 
 def check_rescale_directions(init: str, rescale_directions: bool) -> None:
     """``rescale_directions`` rescales a GHN prediction; the other inits have none."""
-    if rescale_directions and init not in GHN_INITS:
-        raise LogahError(f"rescale_directions rescales a GHN prediction; init {init!r} has none "
-                         f"(use {' or '.join(GHN_INITS)})")
+    if rescale_directions:
+        _require_prediction(init, "rescale_directions rescales a GHN prediction")
 
 
 def check_fill_init(init: str, fill_init: str) -> None:
@@ -235,9 +239,8 @@ def check_fill_init(init: str, fill_init: str) -> None:
     whose levers read it (``init_noise``, ``null_fill``, ``rescale_directions``)."""
     if fill_init not in FILL_INITS:
         raise LogahError(f"fill_init must be one of {list(FILL_INITS)}, got {fill_init!r}")
-    if fill_init != "random" and init not in GHN_INITS:
-        raise LogahError(f"fill_init completes a GHN prediction; init {init!r} has none "
-                         f"(use {' or '.join(GHN_INITS)})")
+    if fill_init != "random":
+        _require_prediction(init, "fill_init completes a GHN prediction")
 
 
 def check_predicted_part(init: str, predicted_part: str) -> None:
@@ -246,9 +249,8 @@ def check_predicted_part(init: str, predicted_part: str) -> None:
     if predicted_part not in PREDICTED_PARTS:
         raise LogahError(f"predicted_part must be one of {list(PREDICTED_PARTS)}, "
                          f"got {predicted_part!r}")
-    if predicted_part != "all" and init not in GHN_INITS:
-        raise LogahError(f"predicted_part chooses where a GHN prediction is used; init {init!r} "
-                         f"has none (use {' or '.join(GHN_INITS)})")
+    if predicted_part != "all":
+        _require_prediction(init, "predicted_part chooses where a GHN prediction is used")
 
 
 def lsuv_model(arch: Arch, seed: int, task, device: str | torch.device = "cpu") -> nn.Module:
@@ -263,10 +265,9 @@ def lsuv_model(arch: Arch, seed: int, task, device: str | torch.device = "cpu") 
 def check_mimetic(init: str, mimetic: MimeticScalars | None, mimetic_attention: bool = False) -> None:
     """The mimetic scalars are in range, and differ from the defaults only where they are used:
     ``mimetic``, or a GHN init with ``mimetic_attention``."""
-    if mimetic_attention and init not in GHN_INITS:
-        raise LogahError(f"mimetic_attention replaces a GHN prediction's attention; init {init!r} "
-                         f"has none (use {' or '.join(GHN_INITS)}; init mimetic is the random init "
-                         f"with mimetic attention)")
+    if mimetic_attention:
+        _require_prediction(init, "mimetic_attention replaces a GHN prediction's attention",
+                            "; init mimetic is the random init with mimetic attention")
     if mimetic is None:
         return
     mimetic.validate()
@@ -309,8 +310,9 @@ def initial_model(arch: Arch, init: str, *, ghn: str | Path | None = None, seed:
     ``task`` (``logah.tasks``): the data the target is for, which a GHN init's transfer rules
     read (``logah.transfer``) and ``lsuv`` / ``unit_variance`` take their batch from.
     ``init_noise``, ``null_fill``, ``rescale_directions``, ``fill_init``, ``predicted_part``,
-    ``mimetic_attention``: GHN inits only; ``unit_variance``: any but ``lsuv`` (see the module docstring). ``mimetic``:
-    the scalars of the mimetic init and of ``mimetic_attention`` (default: the paper's)."""
+    ``mimetic_attention``: GHN inits only; ``unit_variance``: any but ``lsuv`` (see the module
+    docstring). ``mimetic``: the scalars of the mimetic init and of ``mimetic_attention``
+    (default: the paper's)."""
     check_perturbation(init, init_noise)
     check_perturbation(init, null_fill, "null_fill")
     check_rescale_directions(init, rescale_directions)
